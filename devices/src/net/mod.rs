@@ -1,0 +1,140 @@
+//! Network backends: where the frames of a virtio-net device come from and go to.
+//!
+//! The [`Backend`] trait is shaped by what the two real backends need, not by file descriptors:
+//! a TAP device moves one frame per `readv`/`writev` and can carry a virtio-net header, while
+//! vmnet.framework moves up to a few hundred frames per call, carries no header, and signals
+//! readiness through a GCD callback. Both are covered by *batches of frames described as lists of
+//! guest-memory slices* plus *one descriptor that becomes readable when frames are pending*.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use vm_memory::VolatileSlice;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mem;
+#[cfg(target_os = "linux")]
+pub mod tap;
+
+/// A slice of guest memory, as handed to backends.
+pub type GuestSlice<'m> = VolatileSlice<'m, ()>;
+
+/// Length of the virtio-net header every frame starts with on the queues (`virtio_net_hdr_v1`,
+/// used with `VIRTIO_F_VERSION_1`; virtio 1.2 section 5.1.6).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Offloads a backend can perform or accept, in virtio-net terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// Frames may carry a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+    pub csum: bool,
+    /// TCP segmentation offload over IPv4.
+    pub tso4: bool,
+    /// TCP segmentation offload over IPv6.
+    pub tso6: bool,
+}
+
+impl Offloads {
+    /// No offload at all.
+    pub const NONE: Self = Self {
+        csum: false,
+        tso4: false,
+        tso6: false,
+    };
+}
+
+/// What a backend is and can do; read once when the device is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Frames exchanged with the backend start with a [`VNET_HDR_LEN`]-byte virtio-net header
+    /// (TAP with `IFF_VNET_HDR`). When `false`, the device writes and strips the header itself and
+    /// the backend sees bare Ethernet frames (vmnet).
+    pub vnet_hdr: bool,
+    /// Offloads the backend can take from the guest and hand to it. Only meaningful with
+    /// `vnet_hdr`, since the header is what carries them.
+    pub offloads: Offloads,
+    /// The link MTU, if the backend knows it (offered to the guest with `VIRTIO_NET_F_MTU`).
+    pub mtu: Option<u16>,
+    /// A MAC address the backend assigns to the guest (vmnet does), used unless the VMM sets one.
+    pub mac: Option<[u8; 6]>,
+    /// The largest frame the backend moves, Ethernet header included, virtio-net header excluded.
+    pub max_frame_len: usize,
+    /// How many frames one [`Backend::recv`] call can fill at most.
+    pub rx_batch: usize,
+    /// How many frames one [`Backend::send`] call can take at most.
+    pub tx_batch: usize,
+}
+
+/// One frame's destination: guest buffers the backend fills.
+#[derive(Debug)]
+pub struct RxFrame<'s, 'm> {
+    /// The buffers, in order. With [`BackendInfo::vnet_hdr`] they start with room for the header.
+    pub bufs: &'s [GuestSlice<'m>],
+    /// Set by the backend: bytes written (header included when the backend carries one).
+    pub len: usize,
+}
+
+/// One frame to send, gathered from guest buffers.
+#[derive(Debug)]
+pub struct TxFrame<'s, 'm> {
+    /// The frame's bytes in order. With [`BackendInfo::vnet_hdr`] they start with the header.
+    pub bufs: &'s [GuestSlice<'m>],
+}
+
+impl TxFrame<'_, '_> {
+    /// The frame's total length.
+    pub fn len(&self) -> usize {
+        self.bufs.iter().map(|b| b.len()).sum()
+    }
+
+    /// Whether the frame has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A source and sink of Ethernet frames for a virtio-net device.
+///
+/// The device's worker thread owns the backend (hence `Send`), calls it only from that thread,
+/// and hands it back when the device is reset, so one backend serves successive activations.
+pub trait Backend: Send {
+    /// What the backend is and can do.
+    fn info(&self) -> BackendInfo;
+
+    /// A descriptor that becomes readable, edge-style, when frames are pending.
+    ///
+    /// The worker registers it with its poller and, once woken, calls [`recv`](Self::recv) until
+    /// it returns fewer frames than asked. A backend whose descriptor is a notifier clears it
+    /// inside `recv` before reading, so that no wake-up is lost.
+    fn ready_fd(&self) -> BorrowedFd<'_>;
+
+    /// Fills up to `frames.len()` frames, setting each one's `len`; returns how many were
+    /// filled. Fewer than asked (0 included) means nothing more is pending now.
+    fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize>;
+
+    /// Sends the frames in order; returns how many were taken. The device counts the rest as
+    /// dropped (a full host queue behaves like a full NIC ring), so a backend never blocks.
+    fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize>;
+
+    /// Tells the backend which offloads the guest accepted on receive, so it only hands the guest
+    /// frames the guest can take (TAP: `TUNSETOFFLOAD`).
+    fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn info(&self) -> BackendInfo {
+        (**self).info()
+    }
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        (**self).ready_fd()
+    }
+    fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {
+        (**self).recv(frames)
+    }
+    fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
+        (**self).send(frames)
+    }
+    fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        (**self).set_rx_offloads(offloads)
+    }
+}

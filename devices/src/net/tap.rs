@@ -1,0 +1,1 @@
+//! Linux TAP backend (being written).

@@ -1,0 +1,1 @@
+//! vmnet (being written)
