@@ -21,4 +21,10 @@
 
 pub mod bus;
 pub mod event;
+pub mod irq;
 pub mod net;
+pub mod ratelimit;
+pub mod serial;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+pub mod virtio;

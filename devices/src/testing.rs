@@ -1,0 +1,505 @@
+//! A register-level virtio-mmio driver simulator (feature `test-utils`).
+//!
+//! [`DriverSim`] drives any [`MmioDevice`] that implements the virtio-mmio transport the way a
+//! guest driver would: the initialization handshake, queue setup in guest memory, descriptor
+//! chains, `QueueNotify`, reaping used buffers and watching the interrupt notifier. Other VMMs
+//! can use it to test their own devices or their use of ours. It also writes raw descriptors, so
+//! tests can hand a device malformed chains.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::bus::{MmioDevice, SharedMmioDevice};
+use crate::event::Notifier;
+use crate::net::VNET_HDR_LEN;
+use crate::virtio::mmio::{MAGIC_VALUE, regs};
+use crate::virtio::{GuestMemory, features, status};
+
+/// Descriptor flag: the chain continues in `next`.
+pub const VRING_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the device writes this buffer.
+pub const VRING_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is an indirect descriptor table.
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// Errors of the simulated driver.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The device is not a virtio-mmio v2 device.
+    #[error("not a virtio-mmio version 2 device (magic {magic:#x}, version {version})")]
+    NotVirtio {
+        /// The MagicValue read.
+        magic: u32,
+        /// The Version read.
+        version: u32,
+    },
+    /// The device refused the feature set.
+    #[error("device refused features {0:#x}")]
+    FeaturesRefused(u64),
+    /// Queue setup did not stick.
+    #[error("queue {0} could not be made ready")]
+    QueueSetup(u16),
+    /// The allocator ran out of guest memory.
+    #[error("simulator out of guest memory")]
+    OutOfMemory,
+    /// Guest memory access failed.
+    #[error("guest memory access failed")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// Waiting timed out.
+    #[error("timed out waiting for the device")]
+    Timeout,
+    /// A notifier failed.
+    #[error("notifier error")]
+    Io(#[from] io::Error),
+}
+
+/// One used-ring element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Used {
+    /// The head descriptor index.
+    pub id: u16,
+    /// Bytes the device wrote.
+    pub len: u32,
+}
+
+#[derive(Debug)]
+struct SimQueue {
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    avail_idx: u16,
+    last_used: u16,
+    free: Vec<u16>,
+    chains: HashMap<u16, Vec<(u16, GuestAddress, u32)>>,
+}
+
+/// A simulated virtio driver talking to a device through its MMIO registers.
+pub struct DriverSim {
+    mem: GuestMemory,
+    dev: SharedMmioDevice,
+    irq: Notifier,
+    next_alloc: u64,
+    alloc_end: u64,
+    queues: Vec<SimQueue>,
+    features: u64,
+}
+
+impl std::fmt::Debug for DriverSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverSim")
+            .field("features", &self.features)
+            .field("queues", &self.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DriverSim {
+    /// A driver for `dev`, allocating rings and buffers in `[alloc_base, alloc_base + alloc_len)`
+    /// of `mem`. `irq` is (a clone of) the device's interrupt notifier.
+    pub fn new(
+        mem: GuestMemory,
+        dev: SharedMmioDevice,
+        irq: Notifier,
+        alloc_base: GuestAddress,
+        alloc_len: u64,
+    ) -> Self {
+        Self {
+            mem,
+            dev,
+            irq,
+            next_alloc: alloc_base.0,
+            alloc_end: alloc_base.0 + alloc_len,
+            queues: Vec::new(),
+            features: 0,
+        }
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// The features negotiated by [`init`](Self::init).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Reads a 32-bit register.
+    pub fn read_reg(&self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.lock().read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Writes a 32-bit register.
+    pub fn write_reg(&self, offset: u64, value: u32) {
+        self.lock().write(offset, &value.to_le_bytes());
+    }
+
+    /// Reads `data.len()` bytes of configuration space at `offset`.
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.lock().read(regs::CONFIG + offset, data);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, dyn MmioDevice + 'static> {
+        self.dev.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates `len` bytes aligned to `align` (a power of two) and zeroes them.
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<GuestAddress, SimError> {
+        let start = self.next_alloc.next_multiple_of(align);
+        let end = start.checked_add(len).ok_or(SimError::OutOfMemory)?;
+        if end > self.alloc_end {
+            return Err(SimError::OutOfMemory);
+        }
+        self.next_alloc = end;
+        let a = GuestAddress(start);
+        self.mem.write_slice(&vec![0u8; len as usize], a)?;
+        Ok(a)
+    }
+
+    /// Resets the device, runs the handshake with `wanted` ∩ offered features (plus
+    /// `VIRTIO_F_VERSION_1`), sets up every queue with up to `queue_size` entries and sets
+    /// `DRIVER_OK`. Returns the negotiated features.
+    pub fn init(&mut self, wanted: u64, queue_size: u16) -> Result<u64, SimError> {
+        let (magic, version) = (
+            self.read_reg(regs::MAGIC_VALUE),
+            self.read_reg(regs::VERSION),
+        );
+        if magic != MAGIC_VALUE || version != 2 {
+            return Err(SimError::NotVirtio { magic, version });
+        }
+        self.write_reg(regs::STATUS, 0);
+        self.write_reg(regs::STATUS, status::ACKNOWLEDGE);
+        self.write_reg(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        let offered = self.device_features();
+        let f = offered & (wanted | features::VERSION_1);
+        self.negotiate(f)?;
+        let mut q = 0u16;
+        loop {
+            self.write_reg(regs::QUEUE_SEL, u32::from(q));
+            let max = self.read_reg(regs::QUEUE_NUM_MAX);
+            if max == 0 {
+                break;
+            }
+            let size = (max as u16).min(queue_size);
+            self.setup_queue(q, size)?;
+            q += 1;
+        }
+        self.write_reg(
+            regs::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        Ok(f)
+    }
+
+    /// Reads the 64 feature bits the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.write_reg(regs::DEVICE_FEATURES_SEL, 0);
+        let lo = self.read_reg(regs::DEVICE_FEATURES);
+        self.write_reg(regs::DEVICE_FEATURES_SEL, 1);
+        let hi = self.read_reg(regs::DEVICE_FEATURES);
+        u64::from(lo) | (u64::from(hi) << 32)
+    }
+
+    /// Writes the driver features and sets `FEATURES_OK`; fails if the device does not keep it.
+    pub fn negotiate(&mut self, f: u64) -> Result<(), SimError> {
+        self.write_reg(regs::DRIVER_FEATURES_SEL, 0);
+        self.write_reg(regs::DRIVER_FEATURES, f as u32);
+        self.write_reg(regs::DRIVER_FEATURES_SEL, 1);
+        self.write_reg(regs::DRIVER_FEATURES, (f >> 32) as u32);
+        self.write_reg(
+            regs::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        if self.read_reg(regs::STATUS) & status::FEATURES_OK == 0 {
+            return Err(SimError::FeaturesRefused(f));
+        }
+        self.features = f;
+        Ok(())
+    }
+
+    /// Allocates rings for queue `q` of `size` entries and makes it ready.
+    pub fn setup_queue(&mut self, q: u16, size: u16) -> Result<(), SimError> {
+        let n = u64::from(size);
+        let desc = self.alloc(16 * n, 16)?;
+        let avail = self.alloc(6 + 2 * n, 2)?;
+        let used = self.alloc(6 + 8 * n, 4)?;
+        self.write_reg(regs::QUEUE_SEL, u32::from(q));
+        self.write_reg(regs::QUEUE_NUM, u32::from(size));
+        for (lo, hi, a) in [
+            (regs::QUEUE_DESC_LOW, regs::QUEUE_DESC_HIGH, desc),
+            (regs::QUEUE_DRIVER_LOW, regs::QUEUE_DRIVER_HIGH, avail),
+            (regs::QUEUE_DEVICE_LOW, regs::QUEUE_DEVICE_HIGH, used),
+        ] {
+            self.write_reg(lo, a.0 as u32);
+            self.write_reg(hi, (a.0 >> 32) as u32);
+        }
+        self.write_reg(regs::QUEUE_READY, 1);
+        if self.read_reg(regs::QUEUE_READY) != 1 {
+            return Err(SimError::QueueSetup(q));
+        }
+        let q = usize::from(q);
+        if self.queues.len() <= q {
+            self.queues.resize_with(q + 1, || SimQueue {
+                size: 0,
+                desc: GuestAddress(0),
+                avail: GuestAddress(0),
+                used: GuestAddress(0),
+                avail_idx: 0,
+                last_used: 0,
+                free: Vec::new(),
+                chains: HashMap::new(),
+            });
+        }
+        self.queues[q] = SimQueue {
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            last_used: 0,
+            free: (0..size).rev().collect(),
+            chains: HashMap::new(),
+        };
+        Ok(())
+    }
+
+    /// Writes one raw descriptor (any values: for malformed-chain tests).
+    pub fn write_descriptor(
+        &self,
+        q: u16,
+        index: u16,
+        addr: GuestAddress,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<(), SimError> {
+        let sq = &self.queues[usize::from(q)];
+        let at = sq.desc.unchecked_add(16 * u64::from(index));
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&addr.0.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem.write_slice(&d, at)?;
+        Ok(())
+    }
+
+    /// Puts `head` on the avail ring of queue `q` (no notification).
+    pub fn publish(&mut self, q: u16, head: u16) -> Result<(), SimError> {
+        let sq = &mut self.queues[usize::from(q)];
+        let slot = u64::from(sq.avail_idx % sq.size);
+        let (avail, idx) = (sq.avail, sq.avail_idx.wrapping_add(1));
+        sq.avail_idx = idx;
+        self.mem
+            .write_obj(head, avail.unchecked_add(4 + 2 * slot))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem.write_obj(idx, avail.unchecked_add(2))?;
+        Ok(())
+    }
+
+    /// Writes `used_event` of queue `q` (with `VIRTIO_RING_F_EVENT_IDX`).
+    pub fn set_used_event(&self, q: u16, value: u16) -> Result<(), SimError> {
+        let sq = &self.queues[usize::from(q)];
+        self.mem
+            .write_obj(value, sq.avail.unchecked_add(4 + 2 * u64::from(sq.size)))?;
+        Ok(())
+    }
+
+    /// Builds a chain of `bufs` (address, length, device-writable) from free descriptors,
+    /// publishes it and returns its head.
+    pub fn add_chain(
+        &mut self,
+        q: u16,
+        bufs: &[(GuestAddress, u32, bool)],
+    ) -> Result<u16, SimError> {
+        let sq = &mut self.queues[usize::from(q)];
+        if bufs.is_empty() || sq.free.len() < bufs.len() {
+            return Err(SimError::OutOfMemory);
+        }
+        let idx: Vec<u16> = (0..bufs.len()).filter_map(|_| sq.free.pop()).collect();
+        let chain: Vec<(u16, GuestAddress, u32)> = idx
+            .iter()
+            .zip(bufs)
+            .map(|(&i, &(a, l, _))| (i, a, l))
+            .collect();
+        sq.chains.insert(idx[0], chain);
+        for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+            let next = idx.get(k + 1).copied().unwrap_or(0);
+            if k + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            self.write_descriptor(q, idx[k], addr, len, flags, next)?;
+        }
+        self.publish(q, idx[0])?;
+        Ok(idx[0])
+    }
+
+    /// Writes `QueueNotify` for queue `q`.
+    pub fn notify(&self, q: u16) {
+        self.write_reg(regs::QUEUE_NOTIFY, u32::from(q));
+    }
+
+    /// Returns the used elements the device added since the last call, freeing their
+    /// descriptors.
+    pub fn take_used(&mut self, q: u16) -> Result<Vec<Used>, SimError> {
+        let mem = &self.mem;
+        let sq = &mut self.queues[usize::from(q)];
+        let idx: u16 = mem.read_obj(sq.used.unchecked_add(2))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let mut out = Vec::new();
+        while sq.last_used != idx {
+            let slot = u64::from(sq.last_used % sq.size);
+            let at = sq.used.unchecked_add(4 + 8 * slot);
+            let id: u32 = mem.read_obj(at)?;
+            let len: u32 = mem.read_obj(at.unchecked_add(4))?;
+            let id = id as u16;
+            if let Some(chain) = sq.chains.remove(&id) {
+                sq.free.extend(chain.iter().map(|c| c.0));
+            }
+            out.push(Used { id, len });
+            sq.last_used = sq.last_used.wrapping_add(1);
+        }
+        Ok(out)
+    }
+
+    /// Waits until at least `count` used elements are available on `q` (collecting them).
+    pub fn wait_used(
+        &mut self,
+        q: u16,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Used>, SimError> {
+        let deadline = Instant::now() + timeout;
+        let mut out = self.take_used(q)?;
+        while out.len() < count {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(SimError::Timeout);
+            }
+            // Interrupts may be suppressed (EVENT_IDX): poll at a short interval as well.
+            self.irq
+                .wait_timeout((deadline - now).min(Duration::from_millis(5)))?;
+            out.extend(self.take_used(q)?);
+        }
+        Ok(out)
+    }
+
+    /// Waits for the interrupt notifier; returns whether it fired within `timeout`.
+    pub fn wait_interrupt(&self, timeout: Duration) -> Result<bool, SimError> {
+        Ok(self.irq.wait_timeout(timeout)?)
+    }
+
+    /// Reads `InterruptStatus` and acknowledges every bit set; returns the bits.
+    pub fn ack_interrupt(&self) -> u32 {
+        let s = self.read_reg(regs::INTERRUPT_STATUS);
+        self.write_reg(regs::INTERRUPT_ACK, s);
+        s
+    }
+
+    /// Posts `count` RX buffers of `size` bytes each on queue 0 and notifies.
+    pub fn post_rx_buffers(&mut self, count: usize, size: u32) -> Result<Vec<u16>, SimError> {
+        let mut heads = Vec::with_capacity(count);
+        for _ in 0..count {
+            let a = self.alloc(u64::from(size), 8)?;
+            heads.push(self.add_chain(0, &[(a, size, true)])?);
+        }
+        self.notify(0);
+        Ok(heads)
+    }
+
+    /// Sends `frame` (an Ethernet frame) on queue 1 with a zeroed virtio-net header, split into
+    /// two descriptors (header, payload) as Linux does, and notifies.
+    pub fn send_frame(&mut self, frame: &[u8]) -> Result<u16, SimError> {
+        let hdr = self.alloc(VNET_HDR_LEN as u64, 8)?;
+        let body = self.alloc(frame.len() as u64, 8)?;
+        self.mem.write_slice(frame, body)?;
+        let head = self.add_chain(
+            1,
+            &[
+                (hdr, VNET_HDR_LEN as u32, false),
+                (body, frame.len() as u32, false),
+            ],
+        )?;
+        self.notify(1);
+        Ok(head)
+    }
+
+    /// Reads the bytes a used RX element covers (following its chain).
+    fn read_chain(&self, q: u16, chain: &[(u16, GuestAddress, u32)], len: u32) -> Vec<u8> {
+        let _ = q;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut left = len as usize;
+        for &(_, a, l) in chain {
+            let n = left.min(l as usize);
+            let mut b = vec![0u8; n];
+            if self.mem.read_slice(&mut b, a).is_err() {
+                break;
+            }
+            out.extend_from_slice(&b);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Waits for `count` frames on the RX queue and returns them without their virtio-net
+    /// header, reassembling mergeable buffers by `num_buffers`.
+    pub fn recv_frames(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<u8>>, SimError> {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut want_bufs = 0u16;
+        while frames.len() < count {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(SimError::Timeout);
+            }
+            let sq = &self.queues[0];
+            let used_at = sq.used;
+            let idx: u16 = self.mem.read_obj(used_at.unchecked_add(2))?;
+            if idx == sq.last_used {
+                self.irq
+                    .wait_timeout((deadline - now).min(Duration::from_millis(5)))?;
+                continue;
+            }
+            let slot = u64::from(sq.last_used % sq.size);
+            let at = used_at.unchecked_add(4 + 8 * slot);
+            let id = self.mem.read_obj::<u32>(at)? as u16;
+            let len: u32 = self.mem.read_obj(at.unchecked_add(4))?;
+            let chain = self.queues[0].chains.remove(&id).unwrap_or_default();
+            let bytes = self.read_chain(0, &chain, len);
+            {
+                let sq = &mut self.queues[0];
+                sq.free.extend(chain.iter().map(|c| c.0));
+                sq.last_used = sq.last_used.wrapping_add(1);
+            }
+            if want_bufs == 0 {
+                if bytes.len() < VNET_HDR_LEN {
+                    continue;
+                }
+                want_bufs = u16::from_le_bytes([bytes[10], bytes[11]]).max(1);
+                pending.extend_from_slice(&bytes[VNET_HDR_LEN..]);
+            } else {
+                pending.extend_from_slice(&bytes);
+            }
+            want_bufs -= 1;
+            if want_bufs == 0 {
+                frames.push(std::mem::take(&mut pending));
+            }
+        }
+        Ok(frames)
+    }
+}

@@ -1,0 +1,553 @@
+//! The net device's data path: moves frames between the virtqueues and a [`Backend`].
+//!
+//! This module knows no threads and no events: [`DataPath::process_tx`] and
+//! [`DataPath::process_rx`] do all the work available now and return, so they are tested with
+//! guest memory alone. The worker (`worker.rs`) decides when to call them.
+//!
+//! Guest memory is untrusted. Every descriptor is checked against guest memory before any
+//! access; a chain with a loop, a dangling `next`, a descriptor of the wrong direction, a
+//! zero-length buffer or a frame above the negotiated maximum is returned to the driver as used
+//! with length 0, counted in [`NetMetrics`] and logged at a limited rate. Frames move through
+//! `VolatileSlice`s straight between guest memory and the backend: no copy in the device.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::net::{Backend, GuestSlice, RxFrame, TxFrame, VNET_HDR_LEN};
+use crate::ratelimit::RateLimit;
+use crate::virtio::{GuestMemory, Interrupt};
+use crate::warn_limited;
+
+/// Offset of `num_buffers` in `virtio_net_hdr_v1` (virtio 1.2, section 5.1.6).
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Counters of the net device, shared with whoever wants to read them.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Bytes delivered to the guest, virtio-net headers excluded.
+    pub rx_bytes: AtomicU64,
+    /// Frames the guest sent that the backend took.
+    pub tx_frames: AtomicU64,
+    /// Bytes the guest sent that the backend took, virtio-net headers excluded.
+    pub tx_bytes: AtomicU64,
+    /// Guest frames dropped because the backend refused them (full queue, link down).
+    pub tx_dropped: AtomicU64,
+    /// Descriptor chains refused as malformed (both queues).
+    pub bad_chains: AtomicU64,
+    /// TX frames above the negotiated maximum size.
+    pub tx_oversized: AtomicU64,
+    /// Times frames were pending but the guest had posted no (or too few) RX buffers.
+    pub rx_no_buffers: AtomicU64,
+    /// Backend receive errors.
+    pub rx_errors: AtomicU64,
+    /// Backend send errors.
+    pub tx_errors: AtomicU64,
+    /// Interrupts raised.
+    pub interrupts: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the data path needs to know from feature negotiation and the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathConfig {
+    /// The backend's frames carry the virtio-net header.
+    pub backend_vnet_hdr: bool,
+    /// `VIRTIO_NET_F_MRG_RXBUF` negotiated: a frame may span several RX chains.
+    pub mrg_rxbuf: bool,
+    /// Room to reserve for one received frame, virtio-net header included.
+    pub rx_room: usize,
+    /// The largest TX chain accepted, virtio-net header included.
+    pub tx_max: usize,
+    /// Frames per backend receive call.
+    pub rx_batch: usize,
+    /// Frames per backend send call.
+    pub tx_batch: usize,
+}
+
+/// Why a descriptor chain was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainError {
+    /// A device-writable descriptor in a TX chain or a device-readable one in an RX chain.
+    WrongDirection,
+    /// A zero-length descriptor.
+    ZeroLength,
+    /// A descriptor that points outside guest memory.
+    OutsideMemory,
+    /// A loop, a chain longer than the queue, a `next` outside the table, or a bad indirect
+    /// table: the chain did not end properly.
+    Malformed,
+    /// A TX frame no longer than the virtio-net header, or an RX chain too small for it.
+    BadLength,
+    /// A TX frame above the negotiated maximum size.
+    Oversized,
+}
+
+/// One RX chain held by the device: popped from the avail ring, not yet used.
+#[derive(Debug)]
+struct RxChain {
+    head: u16,
+    descs: Vec<(GuestAddress, u32)>,
+    cap: usize,
+}
+
+/// Walks a chain, checks each descriptor, and appends `(addr, len)` of each to `out`.
+/// Returns the chain's total length.
+fn collect_chain(
+    chain: DescriptorChain<&GuestMemory>,
+    writable: bool,
+    mem: &GuestMemory,
+    out: &mut Vec<(GuestAddress, u32)>,
+) -> Result<usize, ChainError> {
+    let start = out.len();
+    let mut total = 0usize;
+    let mut ended = false;
+    let result = (|| {
+        for d in chain {
+            if d.is_write_only() != writable {
+                return Err(ChainError::WrongDirection);
+            }
+            if d.len() == 0 {
+                return Err(ChainError::ZeroLength);
+            }
+            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+                return Err(ChainError::OutsideMemory);
+            }
+            total += d.len() as usize;
+            out.push((d.addr(), d.len()));
+            ended = !d.has_next();
+        }
+        // The iterator stops early, with the last descriptor still saying "next", on a loop, a
+        // chain longer than the queue, a next index outside the table or a bad indirect table.
+        if ended {
+            Ok(total)
+        } else {
+            Err(ChainError::Malformed)
+        }
+    })();
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Appends the slices of guest memory that `descs` cover to `out`, skipping the first `skip`
+/// bytes. Zero-length pieces are left out (vmnet rejects zero-length iovecs).
+fn push_slices<'m>(
+    mem: &'m GuestMemory,
+    descs: &[(GuestAddress, u32)],
+    mut skip: usize,
+    out: &mut Vec<GuestSlice<'m>>,
+) -> Result<(), ChainError> {
+    for &(addr, len) in descs {
+        let len = len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let addr = addr
+            .0
+            .checked_add(skip as u64)
+            .ok_or(ChainError::OutsideMemory)?;
+        for s in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len - skip) {
+            let s = s.map_err(|_| ChainError::OutsideMemory)?;
+            if !s.is_empty() {
+                out.push(s);
+            }
+        }
+        skip = 0;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at `offset` into the memory that `descs` cover.
+fn write_across(
+    mem: &GuestMemory,
+    descs: &[(GuestAddress, u32)],
+    offset: usize,
+    bytes: &[u8],
+) -> Result<(), ChainError> {
+    let mut slices = Vec::with_capacity(4);
+    push_slices(mem, descs, offset, &mut slices)?;
+    let mut rest = bytes;
+    for s in slices {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(s.len());
+        s.subslice(0, n)
+            .map_err(|_| ChainError::OutsideMemory)?
+            .copy_from(&rest[..n]);
+        rest = &rest[n..];
+    }
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(ChainError::BadLength)
+    }
+}
+
+/// The virtqueues of one net device and the state that moves frames through them.
+#[derive(Debug)]
+pub struct DataPath {
+    mem: Arc<GuestMemory>,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Interrupt,
+    cfg: PathConfig,
+    metrics: Arc<NetMetrics>,
+    /// RX chains popped from the avail ring and not used yet, in ring order.
+    stash: VecDeque<RxChain>,
+    descs: Vec<(GuestAddress, u32)>,
+    log: RateLimit,
+}
+
+impl DataPath {
+    /// Builds a data path over configured queues.
+    pub fn new(
+        mem: GuestMemory,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Interrupt,
+        cfg: PathConfig,
+        metrics: Arc<NetMetrics>,
+    ) -> Self {
+        Self {
+            mem: Arc::new(mem),
+            rx,
+            tx,
+            interrupt,
+            cfg,
+            metrics,
+            stash: VecDeque::new(),
+            descs: Vec::new(),
+            log: RateLimit::guest_errors(),
+        }
+    }
+
+    /// The data path's counters.
+    pub fn metrics(&self) -> &Arc<NetMetrics> {
+        &self.metrics
+    }
+
+    fn refuse_chain(&self, queue: &str, head: u16, err: ChainError) {
+        add(&self.metrics.bad_chains, 1);
+        if err == ChainError::Oversized {
+            add(&self.metrics.tx_oversized, 1);
+        }
+        warn_limited!(
+            self.log,
+            queue,
+            head,
+            ?err,
+            "virtio-net: dropped a malformed descriptor chain"
+        );
+    }
+
+    fn queue_error(&self, queue: &str, err: virtio_queue::Error) {
+        warn_limited!(self.log, queue, error = %err, "virtio-net: cannot access the queue rings");
+    }
+
+    fn signal(&self) {
+        add(&self.metrics.interrupts, 1);
+        if let Err(e) = self.interrupt.signal_used() {
+            warn_limited!(self.log, error = %e, "virtio-net: cannot raise the interrupt");
+        }
+    }
+
+    /// Sends every frame the guest has queued; returns when the TX queue is empty.
+    pub fn process_tx(&mut self, backend: &mut dyn Backend) {
+        let mem_arc = Arc::clone(&self.mem);
+        let mem: &GuestMemory = &mem_arc;
+        let hdr_skip = if self.cfg.backend_vnet_hdr {
+            0
+        } else {
+            VNET_HDR_LEN
+        };
+        let batch = self.cfg.tx_batch.max(1);
+        let mut used_any = false;
+        let mut heads: Vec<(u16, usize, usize)> = Vec::with_capacity(batch);
+        loop {
+            if let Err(e) = self.tx.disable_notification(mem) {
+                self.queue_error("tx", e);
+                return;
+            }
+            loop {
+                heads.clear();
+                self.descs.clear();
+                while heads.len() < batch {
+                    let Some(chain) = self.tx.pop_descriptor_chain(mem) else {
+                        break;
+                    };
+                    let head = chain.head_index();
+                    let start = self.descs.len();
+                    let res = collect_chain(chain, false, mem, &mut self.descs).and_then(|len| {
+                        if len > self.cfg.tx_max {
+                            Err(ChainError::Oversized)
+                        } else if len <= VNET_HDR_LEN {
+                            Err(ChainError::BadLength)
+                        } else {
+                            Ok(len)
+                        }
+                    });
+                    match res {
+                        Ok(_) => heads.push((head, start, self.descs.len())),
+                        Err(err) => {
+                            self.descs.truncate(start);
+                            self.refuse_chain("tx", head, err);
+                            if let Err(e) = self.tx.add_used(mem, head, 0) {
+                                self.queue_error("tx", e);
+                            }
+                            used_any = true;
+                        }
+                    }
+                }
+                if heads.is_empty() {
+                    break;
+                }
+                let mut slices = Vec::with_capacity(self.descs.len() + heads.len());
+                let mut ranges = Vec::with_capacity(heads.len());
+                for &(_, start, end) in &heads {
+                    let s = slices.len();
+                    // The chains were checked against memory above; a failure here cannot
+                    // happen short of memory being unplugged, and then sends a shorter frame.
+                    let _ = push_slices(mem, &self.descs[start..end], hdr_skip, &mut slices);
+                    ranges.push(s..slices.len());
+                }
+                let frames: Vec<TxFrame<'_, '_>> = ranges
+                    .iter()
+                    .map(|r| TxFrame {
+                        bufs: &slices[r.clone()],
+                    })
+                    .collect();
+                let sent = match backend.send(&frames) {
+                    Ok(n) => n.min(frames.len()),
+                    Err(e) => {
+                        add(&self.metrics.tx_errors, 1);
+                        warn_limited!(self.log, error = %e, "virtio-net: backend send failed");
+                        0
+                    }
+                };
+                let bytes: usize = frames[..sent].iter().map(|f| f.len()).sum();
+                add(&self.metrics.tx_frames, sent as u64);
+                add(
+                    &self.metrics.tx_bytes,
+                    (bytes - sent * (VNET_HDR_LEN - hdr_skip)) as u64,
+                );
+                add(&self.metrics.tx_dropped, (frames.len() - sent) as u64);
+                drop(frames);
+                for &(head, _, _) in &heads {
+                    if let Err(e) = self.tx.add_used(mem, head, 0) {
+                        self.queue_error("tx", e);
+                    }
+                }
+                used_any = true;
+            }
+            match self.tx.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    self.queue_error("tx", e);
+                    break;
+                }
+            }
+        }
+        if used_any && self.tx.needs_notification(mem).unwrap_or(true) {
+            self.signal();
+        }
+    }
+
+    /// Pops every RX chain the guest has posted into the stash.
+    fn refill_stash(&mut self, mem: &GuestMemory) {
+        let min_room = if self.cfg.backend_vnet_hdr {
+            VNET_HDR_LEN
+        } else {
+            VNET_HDR_LEN + 1
+        };
+        while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let mut descs = Vec::with_capacity(4);
+            let res = collect_chain(chain, true, mem, &mut descs).and_then(|cap| {
+                // The first chain of a frame must at least hold the header; with mergeable
+                // buffers any chain may be first.
+                if cap < min_room {
+                    Err(ChainError::BadLength)
+                } else {
+                    Ok(cap)
+                }
+            });
+            match res {
+                Ok(cap) => self.stash.push_back(RxChain { head, descs, cap }),
+                Err(err) => {
+                    self.refuse_chain("rx", head, err);
+                    if let Err(e) = self.rx.add_used(mem, head, 0) {
+                        self.queue_error("rx", e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Groups stashed chains into frames: `(first chain, chain count)` per frame.
+    fn plan_frames(&self, max_frames: usize) -> Vec<(usize, usize)> {
+        let mut plan = Vec::new();
+        let mut i = 0;
+        while plan.len() < max_frames && i < self.stash.len() {
+            if !self.cfg.mrg_rxbuf {
+                plan.push((i, 1));
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut cap = 0;
+            while i < self.stash.len() && cap < self.cfg.rx_room {
+                cap += self.stash[i].cap;
+                i += 1;
+            }
+            if cap < self.cfg.rx_room {
+                break;
+            }
+            plan.push((start, i - start));
+        }
+        plan
+    }
+
+    /// Delivers pending backend frames into the guest's RX buffers until the backend has no
+    /// more or the guest has no room left.
+    pub fn process_rx(&mut self, backend: &mut dyn Backend) {
+        let mem_arc = Arc::clone(&self.mem);
+        let mem: &GuestMemory = &mem_arc;
+        let hdr_skip = if self.cfg.backend_vnet_hdr {
+            0
+        } else {
+            VNET_HDR_LEN
+        };
+        let batch = self.cfg.rx_batch.max(1);
+        let mut used_any = false;
+        loop {
+            if let Err(e) = self.rx.disable_notification(mem) {
+                self.queue_error("rx", e);
+                return;
+            }
+            self.refill_stash(mem);
+            let plan = self.plan_frames(batch);
+            if plan.is_empty() {
+                // No room: ask the driver to kick when it posts buffers, and look once more in
+                // case it did so meanwhile. Frames stay in the backend until then.
+                match self.rx.enable_notification(mem) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        add(&self.metrics.rx_no_buffers, 1);
+                        break;
+                    }
+                    Err(e) => {
+                        self.queue_error("rx", e);
+                        break;
+                    }
+                }
+            }
+            let mut slices: Vec<GuestSlice<'_>> = Vec::with_capacity(plan.len() * 2);
+            let mut ranges = Vec::with_capacity(plan.len());
+            for &(first, count) in &plan {
+                let s = slices.len();
+                for (k, chain) in self.stash.range(first..first + count).enumerate() {
+                    let skip = if k == 0 { hdr_skip } else { 0 };
+                    let _ = push_slices(mem, &chain.descs, skip, &mut slices);
+                }
+                ranges.push(s..slices.len());
+            }
+            let mut frames: Vec<RxFrame<'_, '_>> = ranges
+                .iter()
+                .map(|r| RxFrame {
+                    bufs: &slices[r.clone()],
+                    len: 0,
+                })
+                .collect();
+            let got = match backend.recv(&mut frames) {
+                Ok(n) => n.min(frames.len()),
+                Err(e) => {
+                    add(&self.metrics.rx_errors, 1);
+                    warn_limited!(self.log, error = %e, "virtio-net: backend receive failed");
+                    0
+                }
+            };
+            let lens: Vec<usize> = frames[..got].iter().map(|f| f.len + hdr_skip).collect();
+            drop(frames);
+            drop(slices);
+
+            // Hand out used chains; keep the rest, in order, for the next frames.
+            let mut keep: VecDeque<RxChain> = VecDeque::with_capacity(self.stash.len());
+            let mut taken = 0;
+            let mut delivered = 0;
+            for (&(first, count), &len) in plan.iter().zip(&lens) {
+                // Chains between planned frames cannot exist: plans are contiguous.
+                debug_assert_eq!(first, taken);
+                let chains: Vec<RxChain> = self.stash.drain(..count).collect();
+                taken += count;
+                if len <= VNET_HDR_LEN {
+                    keep.extend(chains);
+                    continue;
+                }
+                let mut remaining = len;
+                let mut used = 0usize;
+                for c in &chains {
+                    if remaining == 0 {
+                        break;
+                    }
+                    remaining -= remaining.min(c.cap);
+                    used += 1;
+                }
+                let mut hdr = [0u8; VNET_HDR_LEN];
+                let first_descs = &chains[0].descs;
+                let written = if hdr_skip == VNET_HDR_LEN {
+                    hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(used as u16).to_le_bytes());
+                    write_across(mem, first_descs, 0, &hdr)
+                } else {
+                    write_across(
+                        mem,
+                        first_descs,
+                        NUM_BUFFERS_OFFSET,
+                        &(used as u16).to_le_bytes(),
+                    )
+                };
+                if let Err(err) = written {
+                    self.refuse_chain("rx", chains[0].head, err);
+                }
+                let mut remaining = len;
+                let mut it = chains.into_iter();
+                for c in it.by_ref().take(used) {
+                    let n = remaining.min(c.cap);
+                    remaining -= n;
+                    if let Err(e) = self.rx.add_used(mem, c.head, n as u32) {
+                        self.queue_error("rx", e);
+                    }
+                }
+                keep.extend(it);
+                delivered += 1;
+                add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
+            }
+            used_any |= delivered > 0;
+            add(&self.metrics.rx_frames, delivered);
+            // Unfilled frames' chains, then whatever was not planned, stay stashed in order.
+            keep.extend(self.stash.drain(..));
+            self.stash = keep;
+            if got < plan.len() {
+                break;
+            }
+        }
+        if used_any && self.rx.needs_notification(mem).unwrap_or(true) {
+            self.signal();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
