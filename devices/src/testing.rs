@@ -86,6 +86,7 @@ pub struct DriverSim {
     alloc_end: u64,
     queues: Vec<SimQueue>,
     features: u64,
+    interrupts_seen: u64,
 }
 
 impl std::fmt::Debug for DriverSim {
@@ -115,6 +116,7 @@ impl DriverSim {
             alloc_end: alloc_base.0 + alloc_len,
             queues: Vec::new(),
             features: 0,
+            interrupts_seen: 0,
         }
     }
 
@@ -126,6 +128,17 @@ impl DriverSim {
     /// The features negotiated by [`init`](Self::init).
     pub fn features(&self) -> u64 {
         self.features
+    }
+
+    /// How many times a wait of the simulator saw the interrupt notifier fire.
+    pub fn interrupts_seen(&self) -> u64 {
+        self.interrupts_seen
+    }
+
+    fn wait_irq(&mut self, timeout: Duration) -> Result<bool, SimError> {
+        let fired = self.irq.wait_timeout(timeout)?;
+        self.interrupts_seen += u64::from(fired);
+        Ok(fired)
     }
 
     /// Reads a 32-bit register.
@@ -311,6 +324,15 @@ impl DriverSim {
         Ok(())
     }
 
+    /// With `VIRTIO_RING_F_EVENT_IDX`, asks for an interrupt at the next used buffer, as a
+    /// driver re-enabling callbacks does.
+    fn rearm(&self, q: u16) -> Result<(), SimError> {
+        if self.features & features::RING_EVENT_IDX != 0 {
+            self.set_used_event(q, self.queues[usize::from(q)].last_used)?;
+        }
+        Ok(())
+    }
+
     /// Builds a chain of `bufs` (address, length, device-writable) from free descriptors,
     /// publishes it and returns its head.
     pub fn add_chain(
@@ -366,6 +388,7 @@ impl DriverSim {
             out.push(Used { id, len });
             sq.last_used = sq.last_used.wrapping_add(1);
         }
+        self.rearm(q)?;
         Ok(out)
     }
 
@@ -384,16 +407,15 @@ impl DriverSim {
                 return Err(SimError::Timeout);
             }
             // Interrupts may be suppressed (EVENT_IDX): poll at a short interval as well.
-            self.irq
-                .wait_timeout((deadline - now).min(Duration::from_millis(5)))?;
+            self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
             out.extend(self.take_used(q)?);
         }
         Ok(out)
     }
 
     /// Waits for the interrupt notifier; returns whether it fired within `timeout`.
-    pub fn wait_interrupt(&self, timeout: Duration) -> Result<bool, SimError> {
-        Ok(self.irq.wait_timeout(timeout)?)
+    pub fn wait_interrupt(&mut self, timeout: Duration) -> Result<bool, SimError> {
+        self.wait_irq(timeout)
     }
 
     /// Reads `InterruptStatus` and acknowledges every bit set; returns the bits.
@@ -471,8 +493,7 @@ impl DriverSim {
             let used_at = sq.used;
             let idx: u16 = self.mem.read_obj(used_at.unchecked_add(2))?;
             if idx == sq.last_used {
-                self.irq
-                    .wait_timeout((deadline - now).min(Duration::from_millis(5)))?;
+                self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
                 continue;
             }
             let slot = u64::from(sq.last_used % sq.size);
@@ -486,6 +507,7 @@ impl DriverSim {
                 sq.free.extend(chain.iter().map(|c| c.0));
                 sq.last_used = sq.last_used.wrapping_add(1);
             }
+            self.rearm(0)?;
             if want_bufs == 0 {
                 if bytes.len() < VNET_HDR_LEN {
                     continue;

@@ -507,7 +507,7 @@ impl MmioDevice for MmioTransport {
             self.device.read_config(offset - regs::CONFIG, data);
             return;
         }
-        let value = if data.len() == 4 && offset % 4 == 0 {
+        let value = if data.len() == 4 && offset.is_multiple_of(4) {
             self.read_reg(offset)
         } else {
             None
@@ -532,7 +532,7 @@ impl MmioDevice for MmioTransport {
             return;
         }
         let handled = match read_le(data) {
-            Some(v) if data.len() == 4 && offset % 4 == 0 => self.write_reg(offset, v as u32),
+            Some(v) if data.len() == 4 && offset.is_multiple_of(4) => self.write_reg(offset, v as u32),
             _ => false,
         };
         if !handled {

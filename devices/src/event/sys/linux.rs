@@ -24,9 +24,8 @@ impl Notifier {
         // SAFETY: eventfd takes no pointers; the returned descriptor is checked and owned below.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     pub fn notify(&self) -> io::Result<()> {
@@ -103,9 +102,8 @@ impl Poller {
         // SAFETY: epoll_create1 takes no pointers; the descriptor is checked and owned below.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     pub fn add(&self, fd: RawFd, token: Token) -> io::Result<()> {
