@@ -1,1 +1,21 @@
-//! vmm (being written)
+//! The `vmm` crate: an arm64 virtual machine monitor that boots a Linux kernel with a
+//! virtio-net device, on Hypervisor.framework (macOS) or KVM (arm64 Linux).
+//!
+//! This library holds the parts of the VMM that are the same on every host and are unit-tested
+//! on any machine, x86_64 included:
+//!
+//! - [`arch`]: the arm64 platform: the guest memory map, the `Image` header, the placement of
+//!   kernel, initrd and device tree in guest RAM, the device tree itself, the PSCI handler and
+//!   the ESR decoder the Hypervisor.framework backend needs.
+//! - [`cli`]: the command line.
+//!
+//! ```
+//! use vmm::arch::aarch64::{fdt, layout};
+//!
+//! let config = fdt::FdtConfig::with_default_layout(2, 512 << 20, "console=ttyAMA0");
+//! let blob = fdt::build(&config).unwrap();
+//! assert!(blob.len() <= layout::DTB_MAX_SIZE as usize);
+//! ```
+
+pub mod arch;
+pub mod cli;

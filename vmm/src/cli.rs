@@ -1,0 +1,966 @@
+//! The command line of the `vmm` binary.
+//!
+//! ```text
+//! vmm --kernel Image [--initrd initramfs.cpio.gz] [--cmdline "..."] [--memory 512M] [--cpus 1]
+//!     [--net tap:NAME | vmnet-shared | vmnet-host | vmnet-bridged:IFACE]... [--mac MAC]...
+//!     [--log-level warn]
+//! ```
+//!
+//! Every value parser returns a [`CliError`] whose message names the problem and the fix on
+//! one line; clap prints it after `invalid value '...' for '--option'`. Checks that involve
+//! more than one option ([`Args::net_devices`]) or the host ([`validate_cpus`]) are run by the
+//! VMM after parsing.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Parser, ValueEnum};
+use thiserror::Error;
+
+use crate::arch::aarch64::layout;
+
+/// The kernel command line used when `--cmdline` is not given: the PL011 as console, early
+/// console on the same UART before the driver probes, and power off instead of hanging on a
+/// panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0 earlycon=pl011,mmio32,0x9000000 panic=-1";
+/// The guest memory size used when `--memory` is not given.
+pub const DEFAULT_MEMORY: &str = "512M";
+/// Memory sizes are whole MiB: both hypervisors map guest memory in host pages (16 KiB on
+/// Apple silicon), and the kernel is placed on a 2 MiB boundary.
+pub const MEMORY_GRANULE: u64 = 1 << 20;
+/// Longest network interface name: `IFNAMSIZ` (16) less the terminating NUL, on Linux
+/// (`include/uapi/linux/if.h`) and macOS (`<net/if.h>`) alike.
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Errors in command-line values and combinations.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CliError {
+    /// `--memory` is not a number with an optional unit.
+    #[error(
+        "'{0}' is not a memory size: use a number with an optional unit K, M, G or T (binary; a bare number is MiB), e.g. 512M or 2G"
+    )]
+    MemoryFormat(String),
+    /// `--memory 0`.
+    #[error("memory size must be more than 0: use e.g. 512M")]
+    MemoryZero,
+    /// `--memory` not a whole number of MiB.
+    #[error("memory size of {0} bytes is not a whole number of MiB: round it to a multiple of 1M")]
+    MemoryNotMibMultiple(u64),
+    /// `--memory` larger than the guest memory map allows.
+    #[error(
+        "memory size '{given}' is more than the {max_gib} GiB the guest memory map has room for: use a smaller --memory"
+    )]
+    MemoryTooLarge {
+        /// The value as given.
+        given: String,
+        /// The limit in GiB.
+        max_gib: u64,
+    },
+    /// `--cpus` is not a number.
+    #[error("'{0}' is not a vCPU count: use a whole number such as 1 or 4")]
+    CpusFormat(String),
+    /// `--cpus 0`.
+    #[error("a VM needs at least one vCPU: use --cpus 1 or more")]
+    CpusZero,
+    /// `--cpus` more than the memory map (GIC redistributors) or the host allows.
+    #[error(
+        "--cpus {requested} is more than the {max} vCPUs {limit} supports: use --cpus {max} or fewer"
+    )]
+    TooManyCpus {
+        /// Requested count.
+        requested: usize,
+        /// The limit.
+        max: usize,
+        /// What sets the limit ("the guest memory map", "this host").
+        limit: &'static str,
+    },
+    /// `--net` is not one of the known forms.
+    #[error(
+        "'{0}' is not a network backend: use tap:NAME, vmnet-shared, vmnet-host or vmnet-bridged:IFACE"
+    )]
+    NetFormat(String),
+    /// An interface name that the OS would refuse.
+    #[error(
+        "'{name}' is not a valid interface name: {reason} (names are 1 to 15 characters without '/', ':' or whitespace)"
+    )]
+    InterfaceName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `--mac` is not six colon-separated hex bytes.
+    #[error(
+        "'{0}' is not a MAC address: write six hex bytes separated by colons, e.g. 52:54:00:12:34:56"
+    )]
+    MacFormat(String),
+    /// `--mac ff:ff:ff:ff:ff:ff`.
+    #[error(
+        "{0} is the broadcast address, not a device address: use a unicast MAC such as 52:54:00:12:34:56"
+    )]
+    MacBroadcast(MacAddress),
+    /// A MAC with the group bit set.
+    #[error(
+        "{0} is a multicast address (lowest bit of the first byte set): use a unicast MAC such as 52:54:00:12:34:56"
+    )]
+    MacMulticast(MacAddress),
+    /// `--mac 00:00:00:00:00:00`.
+    #[error("00:00:00:00:00:00 is not a usable MAC address: use e.g. 52:54:00:12:34:56")]
+    MacZero,
+    /// More `--mac` than `--net`.
+    #[error(
+        "{macs} --mac given for {nets} --net: give at most one --mac per --net, in the same order"
+    )]
+    TooManyMacs {
+        /// Number of `--mac`.
+        macs: usize,
+        /// Number of `--net`.
+        nets: usize,
+    },
+    /// The same MAC for two devices.
+    #[error("MAC {0} is given to two network devices: give each --net its own --mac")]
+    DuplicateMac(MacAddress),
+    /// More `--net` than virtio-mmio slots.
+    #[error("{given} --net given but the machine has {max} device slots: use at most {max}")]
+    TooManyNets {
+        /// Number of `--net`.
+        given: usize,
+        /// The slot count.
+        max: usize,
+    },
+}
+
+/// A network backend chosen with `--net`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetSpec {
+    /// `tap:NAME`: a Linux TAP device (created if missing, when permitted).
+    Tap {
+        /// Interface name, at most 15 characters.
+        name: String,
+    },
+    /// `vmnet-shared`: vmnet shared mode (NAT through the host).
+    VmnetShared,
+    /// `vmnet-host`: vmnet host-only mode.
+    VmnetHost,
+    /// `vmnet-bridged:IFACE`: vmnet bridged onto a host interface.
+    VmnetBridged {
+        /// Host interface to bridge onto, e.g. `en0`.
+        interface: String,
+    },
+}
+
+/// Checks an interface name the way Linux's `dev_valid_name` does (macOS has the same length
+/// limit): 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+///
+/// # Errors
+///
+/// [`CliError::InterfaceName`] with the reason.
+pub fn validate_ifname(name: &str) -> Result<(), CliError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_IFNAME_LEN {
+        Some("it is longer than 15 characters")
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' are reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("it contains '/', ':', whitespace or a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(CliError::InterfaceName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl FromStr for NetSpec {
+    type Err = CliError;
+
+    fn from_str(s: &str) -> Result<Self, CliError> {
+        match s {
+            "vmnet-shared" => return Ok(Self::VmnetShared),
+            "vmnet-host" => return Ok(Self::VmnetHost),
+            _ => {}
+        }
+        if let Some(name) = s.strip_prefix("tap:") {
+            validate_ifname(name)?;
+            return Ok(Self::Tap {
+                name: name.to_string(),
+            });
+        }
+        if let Some(interface) = s.strip_prefix("vmnet-bridged:") {
+            validate_ifname(interface)?;
+            return Ok(Self::VmnetBridged {
+                interface: interface.to_string(),
+            });
+        }
+        Err(CliError::NetFormat(s.to_string()))
+    }
+}
+
+impl fmt::Display for NetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tap { name } => write!(f, "tap:{name}"),
+            Self::VmnetShared => f.write_str("vmnet-shared"),
+            Self::VmnetHost => f.write_str("vmnet-host"),
+            Self::VmnetBridged { interface } => write!(f, "vmnet-bridged:{interface}"),
+        }
+    }
+}
+
+/// A unicast Ethernet MAC address given with `--mac`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl MacAddress {
+    /// The six bytes.
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddress {
+    type Err = CliError;
+
+    /// Parses `aa:bb:cc:dd:ee:ff` (either case) and refuses addresses a NIC must not use:
+    /// broadcast, multicast (IEEE 802 group bit, bit 0 of the first byte) and all-zero.
+    fn from_str(s: &str) -> Result<Self, CliError> {
+        let format_err = || CliError::MacFormat(s.to_string());
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().ok_or_else(format_err)?;
+            if part.len() != 2 || !part.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format_err());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format_err())?;
+        }
+        if parts.next().is_some() {
+            return Err(format_err());
+        }
+        let mac = MacAddress(bytes);
+        if bytes == [0xff; 6] {
+            return Err(CliError::MacBroadcast(mac));
+        }
+        if bytes[0] & 1 != 0 {
+            return Err(CliError::MacMulticast(mac));
+        }
+        if bytes == [0; 6] {
+            return Err(CliError::MacZero);
+        }
+        Ok(mac)
+    }
+}
+
+/// Log verbosity (`--log-level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also informational messages.
+    Info,
+    /// Also debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// Parses a memory size into bytes: a number with an optional binary unit, case-insensitive:
+/// `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (a trailing `B` is allowed: `512MB` is 512 MiB);
+/// a bare number is MiB. The result is a whole number of MiB, more than 0 and at most
+/// [`layout::RAM_MAX_SIZE`].
+///
+/// # Errors
+///
+/// [`CliError::MemoryFormat`], [`CliError::MemoryZero`], [`CliError::MemoryNotMibMultiple`]
+/// or [`CliError::MemoryTooLarge`].
+pub fn parse_memory(s: &str) -> Result<u64, CliError> {
+    let format_err = || CliError::MemoryFormat(s.to_string());
+    let trimmed = s.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format_err());
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 20,
+        "k" | "kb" | "kib" => 10,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "b" => 0,
+        _ => return Err(format_err()),
+    };
+    let too_large = || CliError::MemoryTooLarge {
+        given: s.to_string(),
+        max_gib: layout::RAM_MAX_SIZE >> 30,
+    };
+    // Digits only, so the only parse failure left is overflow.
+    let value: u64 = number.parse().map_err(|_| too_large())?;
+    let bytes = value.checked_mul(1 << shift).ok_or_else(too_large)?;
+    if bytes == 0 {
+        return Err(CliError::MemoryZero);
+    }
+    if bytes > layout::RAM_MAX_SIZE {
+        return Err(too_large());
+    }
+    if bytes % MEMORY_GRANULE != 0 {
+        return Err(CliError::MemoryNotMibMultiple(bytes));
+    }
+    Ok(bytes)
+}
+
+/// Parses a vCPU count: at least 1 and at most [`layout::max_vcpus`].
+///
+/// # Errors
+///
+/// [`CliError::CpusFormat`], [`CliError::CpusZero`] or [`CliError::TooManyCpus`].
+pub fn parse_cpus(s: &str) -> Result<usize, CliError> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() || !trimmed.chars().all(|c| c.is_ascii_digit()) {
+        return Err(CliError::CpusFormat(s.to_string()));
+    }
+    let max = layout::max_vcpus();
+    let too_many = |requested| CliError::TooManyCpus {
+        requested,
+        max,
+        limit: "the guest memory map",
+    };
+    let count: usize = trimmed.parse().map_err(|_| too_many(usize::MAX))?;
+    if count == 0 {
+        return Err(CliError::CpusZero);
+    }
+    if count > max {
+        return Err(too_many(count));
+    }
+    Ok(count)
+}
+
+/// Checks a vCPU count against what the host hypervisor supports (Hypervisor.framework's
+/// `hv_vm_get_max_vcpu_count`, KVM's `KVM_CAP_MAX_VCPUS`) and the memory map. Returns the
+/// count when it is accepted.
+///
+/// # Errors
+///
+/// [`CliError::CpusZero`], or [`CliError::TooManyCpus`] naming the limit that was hit.
+pub fn validate_cpus(requested: usize, host_max: usize) -> Result<usize, CliError> {
+    if requested == 0 {
+        return Err(CliError::CpusZero);
+    }
+    if requested > layout::max_vcpus() {
+        return Err(CliError::TooManyCpus {
+            requested,
+            max: layout::max_vcpus(),
+            limit: "the guest memory map",
+        });
+    }
+    if requested > host_max {
+        return Err(CliError::TooManyCpus {
+            requested,
+            max: host_max,
+            limit: "this host",
+        });
+    }
+    Ok(requested)
+}
+
+/// One network device to create: its backend and, if given, its MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetDevice {
+    /// The backend.
+    pub spec: NetSpec,
+    /// The MAC from `--mac`, or `None` to let the backend or the VMM choose.
+    pub mac: Option<MacAddress>,
+}
+
+/// The `vmm` command line.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "Boot an arm64 Linux kernel with virtio-net, on Hypervisor.framework or KVM"
+)]
+pub struct Args {
+    /// The arm64 Linux kernel `Image` (uncompressed).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// An initrd or initramfs to load.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// The kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+
+    /// Guest memory: a number with unit K, M, G or T (binary; a bare number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY, value_parser = parse_memory)]
+    pub memory: u64,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_cpus)]
+    pub cpus: usize,
+
+    /// A network device: tap:NAME, vmnet-shared, vmnet-host or vmnet-bridged:IFACE.
+    /// Repeat for more devices.
+    #[arg(long = "net", value_name = "SPEC", value_parser = NetSpec::from_str)]
+    pub net: Vec<NetSpec>,
+
+    /// MAC address of a network device, e.g. 52:54:00:12:34:56. The first --mac goes to the
+    /// first --net, and so on; devices without one get the backend's or a generated address.
+    #[arg(long = "mac", value_name = "MAC", value_parser = MacAddress::from_str)]
+    pub mac: Vec<MacAddress>,
+
+    /// Log verbosity.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Warn)]
+    pub log_level: LogLevel,
+}
+
+impl Args {
+    /// Pairs each `--net` with its `--mac` (in order) and checks the combination: at most one
+    /// MAC per device, no MAC twice, no more devices than virtio-mmio slots.
+    ///
+    /// # Errors
+    ///
+    /// [`CliError::TooManyNets`], [`CliError::TooManyMacs`] or [`CliError::DuplicateMac`].
+    pub fn net_devices(&self) -> Result<Vec<NetDevice>, CliError> {
+        if self.net.len() > layout::VIRTIO_MMIO_MAX_SLOTS {
+            return Err(CliError::TooManyNets {
+                given: self.net.len(),
+                max: layout::VIRTIO_MMIO_MAX_SLOTS,
+            });
+        }
+        if self.mac.len() > self.net.len() {
+            return Err(CliError::TooManyMacs {
+                macs: self.mac.len(),
+                nets: self.net.len(),
+            });
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = self.mac.iter().find(|mac| !seen.insert(**mac)) {
+            return Err(CliError::DuplicateMac(*dup));
+        }
+        Ok(self
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| NetDevice {
+                spec: spec.clone(),
+                mac: self.mac.get(i).copied(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("vmm").chain(args.iter().copied()))
+    }
+
+    fn mac(s: &str) -> MacAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn kernel_alone_gives_the_defaults() {
+        let args = parse(&["--kernel", "Image"]).unwrap();
+        assert_eq!(args.kernel, PathBuf::from("Image"));
+        assert_eq!(args.initrd, None);
+        assert_eq!(args.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(args.memory, 512 * MIB);
+        assert_eq!(args.cpus, 1);
+        assert!(args.net.is_empty());
+        assert!(args.mac.is_empty());
+        assert_eq!(args.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn missing_kernel_is_an_error() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn all_options_parse() {
+        let args = parse(&[
+            "--kernel",
+            "Image",
+            "--initrd",
+            "initrd.gz",
+            "--cmdline",
+            "console=hvc0",
+            "--memory",
+            "1G",
+            "--cpus",
+            "4",
+            "--net",
+            "tap:tap0",
+            "--net",
+            "vmnet-shared",
+            "--mac",
+            "52:54:00:12:34:56",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(args.initrd, Some(PathBuf::from("initrd.gz")));
+        assert_eq!(args.cmdline, "console=hvc0");
+        assert_eq!(args.memory, 1 << 30);
+        assert_eq!(args.cpus, 4);
+        assert_eq!(
+            args.net,
+            [
+                NetSpec::Tap {
+                    name: "tap0".into()
+                },
+                NetSpec::VmnetShared
+            ]
+        );
+        assert_eq!(args.mac, [mac("52:54:00:12:34:56")]);
+        assert_eq!(args.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn bad_memory_on_the_command_line_names_the_option_and_the_fix() {
+        let err = parse(&["--kernel", "Image", "--memory", "lots"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--memory"), "{msg}");
+        assert!(msg.contains("512M"), "{msg}");
+    }
+
+    #[test]
+    fn cpus_zero_on_the_command_line_is_refused() {
+        let err = parse(&["--kernel", "Image", "--cpus", "0"]).unwrap_err();
+        assert!(err.to_string().contains("at least one vCPU"));
+    }
+
+    #[test]
+    fn unknown_log_level_is_refused() {
+        assert!(parse(&["--kernel", "Image", "--log-level", "verbose"]).is_err());
+    }
+
+    #[test]
+    fn every_log_level_parses() {
+        for (s, level) in [
+            ("error", LogLevel::Error),
+            ("warn", LogLevel::Warn),
+            ("info", LogLevel::Info),
+            ("debug", LogLevel::Debug),
+            ("trace", LogLevel::Trace),
+        ] {
+            assert_eq!(
+                parse(&["--kernel", "K", "--log-level", s])
+                    .unwrap()
+                    .log_level,
+                level
+            );
+        }
+    }
+
+    #[test]
+    fn log_level_converts_to_tracing_level() {
+        assert_eq!(tracing::Level::from(LogLevel::Info), tracing::Level::INFO);
+        assert_eq!(tracing::Level::from(LogLevel::Trace), tracing::Level::TRACE);
+    }
+
+    #[test]
+    fn memory_units_are_binary() {
+        assert_eq!(parse_memory("512M"), Ok(512 * MIB));
+        assert_eq!(parse_memory("512MiB"), Ok(512 * MIB));
+        assert_eq!(parse_memory("512mb"), Ok(512 * MIB));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("2g"), Ok(2 << 30));
+    }
+
+    #[test]
+    fn bare_memory_number_is_mib() {
+        assert_eq!(parse_memory("2048"), Ok(2048 * MIB));
+    }
+
+    #[test]
+    fn memory_in_kib_and_bytes_is_accepted_when_whole_mib() {
+        assert_eq!(parse_memory("1024K"), Ok(MIB));
+        assert_eq!(parse_memory("1048576B"), Ok(MIB));
+    }
+
+    #[test]
+    fn memory_not_a_whole_mib_is_refused() {
+        assert_eq!(
+            parse_memory("1500K"),
+            Err(CliError::MemoryNotMibMultiple(1500 * 1024))
+        );
+    }
+
+    #[test]
+    fn memory_zero_is_refused() {
+        assert_eq!(parse_memory("0"), Err(CliError::MemoryZero));
+        assert_eq!(parse_memory("0G"), Err(CliError::MemoryZero));
+    }
+
+    #[test]
+    fn memory_beyond_the_map_is_refused() {
+        assert!(matches!(
+            parse_memory("1T"),
+            Err(CliError::MemoryTooLarge { max_gib: 1023, .. })
+        ));
+        assert!(matches!(
+            parse_memory("99999999999999999999999G"),
+            Err(CliError::MemoryTooLarge { .. })
+        ));
+        assert!(matches!(
+            parse_memory("18446744073709551615G"),
+            Err(CliError::MemoryTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn memory_garbage_is_a_format_error() {
+        for bad in ["", "M", "1.5G", "-1G", "12X", "1 G B", "0x100"] {
+            assert!(
+                matches!(parse_memory(bad), Err(CliError::MemoryFormat(_))),
+                "{bad:?}: {:?}",
+                parse_memory(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn memory_error_messages_are_one_line() {
+        for bad in ["x", "0", "1500K", "5T"] {
+            let msg = parse_memory(bad).unwrap_err().to_string();
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn cpus_parse_within_the_map() {
+        assert_eq!(parse_cpus("1"), Ok(1));
+        assert_eq!(parse_cpus("123"), Ok(123));
+    }
+
+    #[test]
+    fn cpus_zero_is_refused() {
+        assert_eq!(parse_cpus("0"), Err(CliError::CpusZero));
+    }
+
+    #[test]
+    fn cpus_beyond_the_map_are_refused() {
+        assert!(matches!(
+            parse_cpus("124"),
+            Err(CliError::TooManyCpus {
+                requested: 124,
+                max: 123,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_cpus("99999999999999999999999"),
+            Err(CliError::TooManyCpus { .. })
+        ));
+    }
+
+    #[test]
+    fn cpus_garbage_is_a_format_error() {
+        for bad in ["", "two", "-1", "1.5"] {
+            assert!(
+                matches!(parse_cpus(bad), Err(CliError::CpusFormat(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_cpus_accepts_up_to_the_host_max() {
+        assert_eq!(validate_cpus(4, 4), Ok(4));
+    }
+
+    #[test]
+    fn validate_cpus_refuses_more_than_the_host_max_and_says_so() {
+        let err = validate_cpus(8, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--cpus 8 is more than the 4 vCPUs this host supports: use --cpus 4 or fewer"
+        );
+    }
+
+    #[test]
+    fn validate_cpus_refuses_zero() {
+        assert_eq!(validate_cpus(0, 4), Err(CliError::CpusZero));
+    }
+
+    #[test]
+    fn validate_cpus_refuses_more_than_the_map_even_on_a_big_host() {
+        assert!(matches!(
+            validate_cpus(200, 512),
+            Err(CliError::TooManyCpus { max: 123, .. })
+        ));
+    }
+
+    #[test]
+    fn net_specs_parse() {
+        assert_eq!(
+            "tap:tap0".parse(),
+            Ok(NetSpec::Tap {
+                name: "tap0".into()
+            })
+        );
+        assert_eq!("vmnet-shared".parse(), Ok(NetSpec::VmnetShared));
+        assert_eq!("vmnet-host".parse(), Ok(NetSpec::VmnetHost));
+        assert_eq!(
+            "vmnet-bridged:en0".parse(),
+            Ok(NetSpec::VmnetBridged {
+                interface: "en0".into()
+            })
+        );
+    }
+
+    #[test]
+    fn net_spec_display_round_trips() {
+        for s in [
+            "tap:vm-tap.1",
+            "vmnet-shared",
+            "vmnet-host",
+            "vmnet-bridged:en0",
+        ] {
+            assert_eq!(s.parse::<NetSpec>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn tap_name_of_15_characters_is_accepted() {
+        assert!("tap:abcdefghijklmno".parse::<NetSpec>().is_ok());
+    }
+
+    #[test]
+    fn tap_name_of_16_characters_is_refused() {
+        let err = "tap:abcdefghijklmnop".parse::<NetSpec>().unwrap_err();
+        assert!(matches!(err, CliError::InterfaceName { .. }));
+        assert!(err.to_string().contains("longer than 15"));
+    }
+
+    #[test]
+    fn empty_tap_name_is_refused() {
+        assert!(matches!(
+            "tap:".parse::<NetSpec>(),
+            Err(CliError::InterfaceName {
+                reason: "it is empty",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tap_names_with_reserved_characters_are_refused() {
+        for bad in [
+            "tap:a/b", "tap:a:b", "tap:a b", "tap:.", "tap:..", "tap:a\tb",
+        ] {
+            assert!(
+                matches!(bad.parse::<NetSpec>(), Err(CliError::InterfaceName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bridged_interface_name_is_validated() {
+        assert!(matches!(
+            "vmnet-bridged:".parse::<NetSpec>(),
+            Err(CliError::InterfaceName { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_net_spec_lists_the_valid_forms() {
+        for bad in ["tap", "vmnet", "vmnet-shared:x", "user", "TAP:tap0", ""] {
+            let err = bad.parse::<NetSpec>().unwrap_err();
+            assert!(matches!(err, CliError::NetFormat(_)), "{bad:?}");
+            assert!(err.to_string().contains("vmnet-bridged:IFACE"));
+        }
+    }
+
+    #[test]
+    fn mac_parses_in_either_case_and_displays_lowercase() {
+        let m = mac("52:54:00:AB:cd:Ef");
+        assert_eq!(m.bytes(), [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
+    }
+
+    #[test]
+    fn mac_with_wrong_shape_is_a_format_error() {
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "525400123456",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:5g",
+            "52:54:00:12:34:+5",
+            "52:54:00:12:34:56:",
+        ] {
+            assert!(
+                matches!(bad.parse::<MacAddress>(), Err(CliError::MacFormat(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn broadcast_mac_is_refused_as_broadcast() {
+        assert!(matches!(
+            "ff:ff:ff:ff:ff:ff".parse::<MacAddress>(),
+            Err(CliError::MacBroadcast(_))
+        ));
+    }
+
+    #[test]
+    fn multicast_mac_is_refused_with_the_reason() {
+        let err = "01:00:5e:00:00:01".parse::<MacAddress>().unwrap_err();
+        assert!(matches!(err, CliError::MacMulticast(_)));
+        assert!(err.to_string().contains("multicast"));
+    }
+
+    #[test]
+    fn zero_mac_is_refused() {
+        assert_eq!(
+            "00:00:00:00:00:00".parse::<MacAddress>(),
+            Err(CliError::MacZero)
+        );
+    }
+
+    #[test]
+    fn locally_administered_mac_is_accepted() {
+        assert!("02:00:00:00:00:01".parse::<MacAddress>().is_ok());
+    }
+
+    #[test]
+    fn macs_pair_with_nets_in_order() {
+        let args = parse(&[
+            "--kernel",
+            "K",
+            "--net",
+            "tap:a",
+            "--net",
+            "tap:b",
+            "--mac",
+            "52:54:00:00:00:01",
+            "--mac",
+            "52:54:00:00:00:02",
+        ])
+        .unwrap();
+        let devices = args.net_devices().unwrap();
+        assert_eq!(devices[0].mac, Some(mac("52:54:00:00:00:01")));
+        assert_eq!(devices[1].mac, Some(mac("52:54:00:00:00:02")));
+        assert_eq!(devices[1].spec, NetSpec::Tap { name: "b".into() });
+    }
+
+    #[test]
+    fn fewer_macs_than_nets_leave_the_rest_unset() {
+        let args = parse(&[
+            "--kernel",
+            "K",
+            "--net",
+            "tap:a",
+            "--net",
+            "tap:b",
+            "--mac",
+            "52:54:00:00:00:01",
+        ])
+        .unwrap();
+        let devices = args.net_devices().unwrap();
+        assert_eq!(devices[0].mac, Some(mac("52:54:00:00:00:01")));
+        assert_eq!(devices[1].mac, None);
+    }
+
+    #[test]
+    fn more_macs_than_nets_are_refused() {
+        let args = parse(&["--kernel", "K", "--mac", "52:54:00:00:00:01"]).unwrap();
+        assert_eq!(
+            args.net_devices(),
+            Err(CliError::TooManyMacs { macs: 1, nets: 0 })
+        );
+    }
+
+    #[test]
+    fn the_same_mac_twice_is_refused() {
+        let args = parse(&[
+            "--kernel",
+            "K",
+            "--net",
+            "tap:a",
+            "--net",
+            "tap:b",
+            "--mac",
+            "52:54:00:00:00:01",
+            "--mac",
+            "52:54:00:00:00:01",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.net_devices(),
+            Err(CliError::DuplicateMac(mac("52:54:00:00:00:01")))
+        );
+    }
+
+    #[test]
+    fn more_nets_than_device_slots_are_refused() {
+        let mut args = parse(&["--kernel", "K"]).unwrap();
+        args.net = vec![NetSpec::VmnetShared; layout::VIRTIO_MMIO_MAX_SLOTS + 1];
+        assert!(matches!(
+            args.net_devices(),
+            Err(CliError::TooManyNets { .. })
+        ));
+    }
+
+    #[test]
+    fn default_cmdline_uses_the_layout_uart_address() {
+        assert!(DEFAULT_CMDLINE.contains(&format!("{:#x}", layout::UART_BASE)));
+    }
+}
