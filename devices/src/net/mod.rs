@@ -15,6 +15,8 @@ use vm_memory::VolatileSlice;
 pub mod mem;
 #[cfg(target_os = "linux")]
 pub mod tap;
+#[cfg(all(target_os = "macos", feature = "vmnet"))]
+pub mod vmnet;
 
 /// A slice of guest memory, as handed to backends.
 pub type GuestSlice<'m> = VolatileSlice<'m, ()>;

@@ -532,7 +532,9 @@ impl MmioDevice for MmioTransport {
             return;
         }
         let handled = match read_le(data) {
-            Some(v) if data.len() == 4 && offset.is_multiple_of(4) => self.write_reg(offset, v as u32),
+            Some(v) if data.len() == 4 && offset.is_multiple_of(4) => {
+                self.write_reg(offset, v as u32)
+            }
             _ => false,
         };
         if !handled {

@@ -1,0 +1,254 @@
+//! macOS vmnet.framework backend (feature `vmnet`).
+//!
+//! The GCD event callback of the interface only fires the worker's [`Notifier`]; all packet work
+//! happens on the worker thread: [`recv`](Backend::recv) reads with `vmnet_read` straight into
+//! the guest's RX buffers (the device has already skipped the virtio-net header, and zero-length
+//! iovecs are dropped because vmnet rejects them), in batches of at most
+//! `min(128, read max packets)`, and keeps reading until vmnet has nothing more or the guest has
+//! no more buffers; [`send`](Backend::send) writes the guest's TX chains in batches with
+//! `vmnet_write`, and falls back to copying each packet into one contiguous buffer when the
+//! system refuses multi-iovec packets (the `vmnet` crate remembers that per interface).
+//!
+//! vmnet frames carry no virtio-net header, so [`BackendInfo::vnet_hdr`] is false and no offload
+//! is offered: a TSO or partially checksummed frame could not be described to the guest. vmnet's
+//! own TSO and checksum offload are therefore refused here; they map to virtio-net's
+//! `CSUM`/`GUEST_CSUM`/`*_TSO*` features only through vmnet's virtio-header mode (macOS 15.4),
+//! which this backend does not use yet.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use devices::net::{Backend, vmnet::VmnetBackend};
+//!
+//! let backend = VmnetBackend::start(&vmnet::Options::shared(), Duration::from_secs(10))?;
+//! println!("guest MAC {:?}", backend.info().mac);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use vmnet::batch::{Batch, batch_len};
+use vmnet::iov::iovec_from;
+use vmnet::{Interface, Options, Status};
+
+use super::{Backend, BackendInfo, Offloads, RxFrame, TxFrame};
+use crate::event::Notifier;
+
+fn to_io(e: vmnet::Error) -> io::Error {
+    let kind = match e.status() {
+        Some(Status::BufferExhausted) => io::ErrorKind::WouldBlock,
+        Some(Status::InvalidAccess | Status::NotAuthorized) => io::ErrorKind::PermissionDenied,
+        _ if matches!(e, vmnet::Error::BufferTooSmall { .. }) => io::ErrorKind::InvalidInput,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// A [`Backend`] on a vmnet interface.
+#[derive(Debug)]
+pub struct VmnetBackend {
+    iface: Interface,
+    notifier: Notifier,
+    info: BackendInfo,
+    rx: Batch,
+    tx: Batch,
+    /// For each packet of `tx`, the index of its frame.
+    tx_frames: Vec<usize>,
+    dropped_oversize: u64,
+}
+
+impl VmnetBackend {
+    /// Starts a vmnet interface with `options` and wraps it.
+    ///
+    /// Options asking for TSO, checksum offload or the virtio-net header are refused (see the
+    /// module documentation).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let b = devices::net::vmnet::VmnetBackend::start(&vmnet::Options::host(), Duration::from_secs(10))?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    /// The `vmnet::Error` (with its advice) is the `io::Error`'s inner error.
+    pub fn start(options: &Options, timeout: Duration) -> io::Result<Self> {
+        if options.tso_enabled()
+            || options.checksum_offload_enabled()
+            || options.virtio_header_enabled()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the vmnet backend carries no virtio-net header: vmnet's TSO, checksum offload \
+                 and virtio-header options cannot be passed to the guest",
+            ));
+        }
+        let iface = Interface::start(options, timeout).map_err(to_io)?;
+        Self::from_interface(iface)
+    }
+
+    /// Wraps a started interface: its event callback now fires this backend's notifier.
+    ///
+    /// ```no_run
+    /// # fn f(iface: vmnet::Interface) -> std::io::Result<()> {
+    /// let b = devices::net::vmnet::VmnetBackend::from_interface(iface)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_interface(iface: Interface) -> io::Result<Self> {
+        let notifier = Notifier::new()?;
+        let fire = notifier.try_clone()?;
+        iface.set_event_callback(move |ev| {
+            if ev.packets_available {
+                // A failed kevent cannot be reported from a GCD callback; the worker still reads
+                // when the guest refills RX buffers.
+                let _ = fire.notify();
+            }
+        });
+        // Packets may already be pending, and no event will repeat them.
+        notifier.notify()?;
+        let p = iface.params();
+        let info = BackendInfo {
+            vnet_hdr: false,
+            offloads: Offloads::NONE,
+            mtu: u16::try_from(p.mtu).ok(),
+            mac: p.mac,
+            max_frame_len: p.max_packet_size,
+            rx_batch: p.read_batch(),
+            tx_batch: p.write_batch(),
+        };
+        let (rb, wb) = (p.read_batch(), p.write_batch());
+        Ok(Self {
+            iface,
+            notifier,
+            info,
+            rx: Batch::with_capacity(rb, rb * 2),
+            tx: Batch::with_capacity(wb, wb * 4),
+            tx_frames: Vec::with_capacity(wb),
+            dropped_oversize: 0,
+        })
+    }
+
+    /// The interface underneath.
+    ///
+    /// ```no_run
+    /// # fn f(b: &devices::net::vmnet::VmnetBackend) { let mtu = b.interface().params().mtu; }
+    /// ```
+    pub fn interface(&self) -> &Interface {
+        &self.iface
+    }
+
+    /// Frames dropped on send because they exceeded vmnet's maximum packet size.
+    ///
+    /// ```no_run
+    /// # fn f(b: &devices::net::vmnet::VmnetBackend) { assert_eq!(b.dropped_oversize(), 0); }
+    /// ```
+    pub fn dropped_oversize(&self) -> u64 {
+        self.dropped_oversize
+    }
+
+    /// Lays out `frames` into the RX batch; returns how many frames it holds.
+    fn fill_rx(&mut self, frames: &[RxFrame<'_, '_>]) -> io::Result<usize> {
+        let max = self.info.max_frame_len;
+        self.rx.clear();
+        for (i, f) in frames.iter().enumerate() {
+            let room: usize = f.bufs.iter().map(|s| s.len()).sum();
+            if room < max {
+                // vmnet needs room for a whole maximum-size packet in every buffer.
+                if i == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "guest RX buffer of {room} bytes is smaller than vmnet's maximum \
+                             packet size {max}"
+                        ),
+                    ));
+                }
+                return Ok(i);
+            }
+            // The guard of a plain mmap region is a no-op; the pointer stays valid for `'m`.
+            let iovs = f
+                .bufs
+                .iter()
+                .map(|s| iovec_from(s.ptr_guard_mut().as_ptr(), s.len()));
+            self.rx.push(iovs, 0);
+        }
+        Ok(frames.len())
+    }
+}
+
+impl Backend for VmnetBackend {
+    fn info(&self) -> BackendInfo {
+        self.info.clone()
+    }
+
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.notifier.as_fd()
+    }
+
+    fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {
+        // Clear before reading, so an event during the read wakes the worker again.
+        self.notifier.consume()?;
+        let read_max = self.iface.params().read_max_packets;
+        let mut filled = 0;
+        while filled < frames.len() {
+            let want = batch_len(frames.len() - filled, read_max);
+            let chunk = &mut frames[filled..filled + want];
+            let usable = self.fill_rx(chunk)?;
+            if usable == 0 {
+                break;
+            }
+            // SAFETY: the iovecs describe the guest buffers of `chunk` (plain mmap guest memory,
+            // valid for `'m`), handed to this backend for writing by the device, which does not
+            // touch them until `recv` returns; no Rust reference aliases guest memory.
+            let got = unsafe { self.iface.read_iovecs(&mut self.rx) }.map_err(to_io)?;
+            for (i, f) in chunk[..got].iter_mut().enumerate() {
+                f.len = self.rx.received_len(i);
+            }
+            filled += got;
+            if got < usable || usable < want {
+                // vmnet has nothing more, or the guest's buffers ran short.
+                break;
+            }
+        }
+        Ok(filled)
+    }
+
+    fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
+        let max = self.info.max_frame_len;
+        self.tx.clear();
+        self.tx_frames.clear();
+        for (i, f) in frames.iter().enumerate() {
+            if f.len() > max {
+                self.dropped_oversize += 1;
+                tracing::debug!(len = f.len(), max, "vmnet: dropping an oversized TX frame");
+                continue;
+            }
+            let iovs = f
+                .bufs
+                .iter()
+                .map(|s| iovec_from(s.ptr_guard().as_ptr().cast_mut(), s.len()));
+            if self.tx.push(iovs, 0).is_some() {
+                self.tx_frames.push(i);
+            }
+        }
+        if self.tx.is_empty() {
+            return Ok(frames.len());
+        }
+        // SAFETY: the iovecs describe the guest buffers of `frames`: slices of guest memory
+        // valid for `'m`, only read by vmnet, and not written by the device during `send`.
+        let written = match unsafe { self.iface.write_iovecs(&mut self.tx) } {
+            Ok(n) => n,
+            // The host's queue is full: like a full NIC ring, the device drops the frames.
+            Err(e) if e.status() == Some(Status::BufferExhausted) => 0,
+            Err(e) => return Err(to_io(e)),
+        };
+        // Frames before the first unwritten packet were sent or dropped on purpose.
+        Ok(match self.tx_frames.get(written) {
+            Some(&frame) => frame,
+            None => frames.len(),
+        })
+    }
+
+    fn set_rx_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
+        // No offload is offered (no virtio-net header), so the guest can accept nothing more.
+        Ok(())
+    }
+}

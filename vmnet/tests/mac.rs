@@ -1,0 +1,332 @@
+//! Tests that need a Mac with vmnet privileges. On a Mac, as root or signed with the
+//! entitlement, run them all with one command:
+//!
+//! ```text
+//! sudo cargo test -p vmnet --test mac -- --test-threads=1 --nocapture
+//! ```
+//!
+//! Elsewhere, or without the privileges, each test prints `SKIPPED: <name>: <reason>` and
+//! returns.
+
+#[cfg(not(target_os = "macos"))]
+fn skip(name: &str) {
+    println!("SKIPPED: {name}: vmnet is macOS-only");
+}
+
+#[cfg(not(target_os = "macos"))]
+mod not_mac {
+    use super::skip;
+
+    #[test]
+    fn start_shared() {
+        skip("start_shared");
+    }
+    #[test]
+    fn start_host() {
+        skip("start_host");
+    }
+    #[test]
+    fn start_bridged() {
+        skip("start_bridged");
+    }
+    #[test]
+    fn invalid_options_fail_before_the_framework() {
+        skip("invalid_options_fail_before_the_framework");
+    }
+    #[test]
+    fn echo_answers_arp_between_two_host_interfaces() {
+        skip("echo_answers_arp_between_two_host_interfaces");
+    }
+    #[test]
+    fn async_echo_answers_ping() {
+        skip("async_echo_answers_ping");
+    }
+    #[test]
+    fn short_buffers_and_large_packets_are_errors() {
+        skip("short_buffers_and_large_packets_are_errors");
+    }
+    #[test]
+    fn panicking_callback_is_contained() {
+        skip("panicking_callback_is_contained");
+    }
+}
+
+#[cfg(target_os = "macos")]
+mod mac {
+    use std::future::Future;
+    use std::net::Ipv4Addr;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use vmnet::echo::{Responder, arp_request, echo_request};
+    use vmnet::{AsyncInterface, Error, Interface, Options};
+
+    const START: Duration = Duration::from_secs(15);
+    const STOP: Duration = Duration::from_secs(5);
+
+    /// Starts an interface, or prints SKIPPED and returns `None` when privileges are missing.
+    fn start(name: &str, options: &Options) -> Option<Interface> {
+        match Interface::start(options, START) {
+            Ok(i) => Some(i),
+            Err(e) if e.is_permission() => {
+                println!("SKIPPED: {name}: {e}");
+                None
+            }
+            Err(e) => panic!("{name}: {e:?}"),
+        }
+    }
+
+    fn check_params(iface: &Interface) {
+        let p = iface.params();
+        assert!(p.mtu >= 1280, "{p:?}");
+        assert!(p.max_packet_size >= p.mtu as usize, "{p:?}");
+        assert!(p.read_max_packets >= 1 && p.write_max_packets >= 1, "{p:?}");
+    }
+
+    #[test]
+    fn start_shared() {
+        let Some(iface) = start("start_shared", &Options::shared()) else {
+            return;
+        };
+        check_params(&iface);
+        assert!(iface.params().mac.is_some());
+        assert!(iface.params().start_address.is_some());
+        iface.stop(STOP).unwrap();
+    }
+
+    #[test]
+    fn start_host() {
+        let Some(iface) = start("start_host", &Options::host()) else {
+            return;
+        };
+        check_params(&iface);
+        drop(iface); // Drop stops too
+    }
+
+    #[test]
+    fn start_bridged() {
+        let Some(name) = vmnet::shared_interface_list().into_iter().next() else {
+            println!("SKIPPED: start_bridged: no interface can be bridged on this Mac");
+            return;
+        };
+        let Some(iface) = start("start_bridged", &Options::bridged(name)) else {
+            return;
+        };
+        check_params(&iface);
+        iface.stop(STOP).unwrap();
+    }
+
+    #[test]
+    fn invalid_options_fail_before_the_framework() {
+        let err = Interface::start(&Options::new(vmnet::Mode::Bridged), START).unwrap_err();
+        assert!(matches!(err, Error::InvalidOptions(_)), "{err:?}");
+    }
+
+    /// Runs a responder on `a` until `stop` is set.
+    fn serve(a: Interface, responder: Responder, stop: Arc<AtomicBool>) -> Interface {
+        let p = a.params().clone();
+        let mut bufs = vec![vec![0u8; p.max_packet_size]; p.read_batch()];
+        let mut lens = vec![0usize; bufs.len()];
+        while !stop.load(Ordering::Relaxed) {
+            if !a.wait_readable(Some(Duration::from_millis(100))) {
+                continue;
+            }
+            let n = a.read_batch(&mut bufs, &mut lens).unwrap();
+            let replies: Vec<Vec<u8>> = (0..n)
+                .filter_map(|i| {
+                    let mut out = vec![0u8; p.max_packet_size];
+                    let len = responder.reply(&bufs[i][..lens[i]], &mut out)?;
+                    out.truncate(len);
+                    Some(out)
+                })
+                .collect();
+            if !replies.is_empty() {
+                a.write_batch(&replies).unwrap();
+            }
+        }
+        a
+    }
+
+    /// Waits on `b` for a frame satisfying `want`.
+    fn expect_frame(b: &Interface, want: impl Fn(&[u8]) -> bool) -> bool {
+        let p = b.params().clone();
+        let mut bufs = vec![vec![0u8; p.max_packet_size]; p.read_batch()];
+        let mut lens = vec![0usize; bufs.len()];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            b.wait_readable(Some(Duration::from_millis(100)));
+            let n = b.read_batch(&mut bufs, &mut lens).unwrap();
+            if (0..n).any(|i| want(&bufs[i][..lens[i]])) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn echo_answers_arp_between_two_host_interfaces() {
+        const NAME: &str = "echo_answers_arp_between_two_host_interfaces";
+        let Some(a) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let Some(b) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let base = a
+            .params()
+            .start_address
+            .unwrap_or(Ipv4Addr::new(192, 168, 128, 1));
+        let o = base.octets();
+        let (ip_a, ip_b) = (
+            Ipv4Addr::new(o[0], o[1], o[2], 200),
+            Ipv4Addr::new(o[0], o[1], o[2], 201),
+        );
+        let mac_a = a.params().mac.unwrap();
+        let mac_b = b.params().mac.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let server = thread::spawn(move || serve(a, Responder::new(mac_a, ip_a), s));
+
+        b.write_batch(&[arp_request(mac_b, ip_b, ip_a)]).unwrap();
+        let got = expect_frame(&b, |f| {
+            f.len() >= 42
+                && f[12..14] == [8, 6]
+                && f[20..22] == [0, 2]
+                && f[28..32] == ip_a.octets()
+        });
+        let ping = echo_request(mac_b, mac_a, ip_b, ip_a, 7, 1, b"vmnet-rs");
+        b.write_batch(&[ping]).unwrap();
+        let pong = expect_frame(&b, |f| f.len() >= 42 && f[23] == 1 && f[34] == 0);
+
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().stop(STOP).unwrap();
+        b.stop(STOP).unwrap();
+        assert!(got, "no ARP reply");
+        assert!(pong, "no echo reply");
+    }
+
+    struct ThreadWaker(thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    fn block_on<F: Future>(fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+            thread::park_timeout(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn async_echo_answers_ping() {
+        const NAME: &str = "async_echo_answers_ping";
+        let Some(a) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let Some(b) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let (mac_a, mac_b) = (a.params().mac.unwrap(), b.params().mac.unwrap());
+        let o = a.params().start_address.unwrap().octets();
+        let (ip_a, ip_b) = (
+            Ipv4Addr::new(o[0], o[1], o[2], 210),
+            Ipv4Addr::new(o[0], o[1], o[2], 211),
+        );
+        let a = AsyncInterface::new(a);
+        let b = AsyncInterface::new(b);
+        let responder = Responder::new(mac_a, ip_a);
+        let size = a.get_ref().params().max_packet_size;
+        let ok = block_on(async {
+            b.send_batch(&[echo_request(mac_b, mac_a, ip_b, ip_a, 9, 1, b"async")])
+                .await
+                .unwrap();
+            let mut bufs = vec![vec![0u8; size]; 8];
+            let mut lens = [0usize; 8];
+            // a: answer the first echo request.
+            loop {
+                let n = a.recv_batch(&mut bufs, &mut lens).await.unwrap();
+                let mut out = vec![0u8; size];
+                if let Some(len) =
+                    (0..n).find_map(|i| responder.reply(&bufs[i][..lens[i]], &mut out))
+                {
+                    out.truncate(len);
+                    a.send_batch(&[out]).await.unwrap();
+                    break;
+                }
+            }
+            // b: see the reply.
+            loop {
+                let n = b.recv_batch(&mut bufs, &mut lens).await.unwrap();
+                if (0..n).any(|i| lens[i] >= 42 && bufs[i][23] == 1 && bufs[i][34] == 0) {
+                    return true;
+                }
+            }
+        });
+        assert!(ok);
+        a.into_inner().stop(STOP).unwrap();
+        b.into_inner().stop(STOP).unwrap();
+    }
+
+    #[test]
+    fn short_buffers_and_large_packets_are_errors() {
+        const NAME: &str = "short_buffers_and_large_packets_are_errors";
+        let Some(iface) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let max = iface.params().max_packet_size;
+        let mut bufs = vec![vec![0u8; max - 1]];
+        let mut lens = [0usize];
+        assert!(matches!(
+            iface.read_batch(&mut bufs, &mut lens),
+            Err(Error::BufferTooSmall { .. })
+        ));
+        assert!(matches!(
+            iface.write_batch(&[vec![0u8; max + 1]]),
+            Err(Error::PacketTooLarge { .. })
+        ));
+        assert!(matches!(
+            iface.write_batch(&[Vec::<u8>::new()]),
+            Err(Error::EmptyPacket { index: 0 })
+        ));
+        iface.stop(STOP).unwrap();
+    }
+
+    #[test]
+    fn panicking_callback_is_contained() {
+        const NAME: &str = "panicking_callback_is_contained";
+        let Some(a) = start(NAME, &Options::host()) else {
+            return;
+        };
+        let Some(b) = start(NAME, &Options::host()) else {
+            return;
+        };
+        a.set_event_callback(|_| panic!("callback panics on purpose"));
+        let mac_b = b.params().mac.unwrap();
+        let o = b.params().start_address.unwrap().octets();
+        let frame = arp_request(
+            mac_b,
+            Ipv4Addr::new(o[0], o[1], o[2], 220),
+            Ipv4Addr::new(o[0], o[1], o[2], 221),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.callback_panics() == 0 && Instant::now() < deadline {
+            b.write_batch(std::slice::from_ref(&frame)).unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(a.callback_panics() > 0, "the broadcast never reached a");
+        a.clear_event_callback();
+        a.stop(STOP).unwrap();
+        b.stop(STOP).unwrap();
+    }
+}
