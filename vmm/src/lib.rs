@@ -19,3 +19,6 @@
 
 pub mod arch;
 pub mod cli;
+pub mod console;
+pub mod hv;
+pub mod machine;

@@ -1,0 +1,701 @@
+//! Hypervisor.framework on Apple silicon (macOS 15 or later), through applevisor.
+//!
+//! One VM per process (`hv_vm_create`), guest RAM mapped read/write/execute from the same
+//! `GuestMemoryMmap` the devices use (`hv_vm_map`), the in-kernel GICv3 (`hv_gic_create`, macOS
+//! 15) at the device-tree addresses, vCPUs created on the thread that runs them
+//! (`hv_vcpu_create`: "Creates a vCPU instance for the current thread") with `MPIDR_EL1` set
+//! from [`layout::mpidr_el1`], because the GIC routes by affinity.
+//!
+//! - MMIO, hypercalls, WFx and system register traps are decided by the portable
+//!   [`hvf_logic`] module; this file reads registers and calls the framework.
+//! - PSCI is the VMM's own (`handles_psci` is false): HVC and SMC come back as
+//!   [`VcpuExit::Hypercall`].
+//! - Device interrupts: the framework has no irqfd, so an interrupt thread
+//!   ([`hvf_logic::IrqForwarder`]) waits on the devices' kqueue notifiers and calls
+//!   `hv_gic_set_spi`. Queue notifications take the MMIO path (no ioeventfd either).
+//! - The virtual timer: with `hv_gic_create` the framework delivers the timer's PPI to the GIC
+//!   itself. QEMU's HVF backend, with the same in-kernel GIC, treats a
+//!   `HV_EXIT_REASON_VTIMER_ACTIVATED` exit as impossible; here it is tolerated (see
+//!   [`HvfVcpu::run`]).
+//! - WFI: with the in-kernel GIC the framework waits in the kernel (Apple documents a
+//!   per-vCPU "time spent at WFI instruction while waiting for interrupts" that exists only for
+//!   VMs with a GIC). Should a WFI exit arrive anyway, the vCPU thread sleeps until the
+//!   guest's timer deadline, at most [`WFI_MAX_WAIT`], or a stop request.
+//! - Stopping: [`Vm::stop_vcpus`] sets a flag, calls `hv_vcpus_exit` on every vCPU and wakes any
+//!   vCPU sleeping in WFI; a vCPU returns [`VcpuExit::Stopped`] on its next exit.
+//!
+//! Every framework call and the header it was written against are listed in
+//! `docs/macos-checklist-hvf.md`.
+
+use std::ffi::c_void;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use applevisor::error::HypervisorError;
+use applevisor::gic::GicConfig;
+use applevisor::vcpu::{ExitReason, Reg, SysReg, Vcpu as HvVcpu, VcpuConfig, VcpuHandle};
+use applevisor::vm::{GicEnabled, VirtualMachine, VirtualMachineConfig, VirtualMachineInstance};
+use devices::bus::MmioBus;
+use devices::event::Notifier;
+use devices::irq::IrqLine;
+use devices::ratelimit::RateLimit;
+use devices::virtio::GuestMemory;
+use devices::warn_limited;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use super::hvf_logic::{
+    self, ExceptionAction, Gic, GicIrqLine, GicLayoutError, GicLimits, GuestRegisters, IrqForwarder,
+};
+use super::{HvError, Result, Vcpu, VcpuExit, Vm};
+use crate::arch::aarch64::esr::Esr;
+use crate::arch::aarch64::layout;
+
+/// `PSTATE` a vCPU boots with: EL1h with D, A, I and F masked (Linux `booting.rst`).
+const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+
+/// The longest a vCPU sleeps on a WFI exit: other interrupts than its timer may become pending
+/// meanwhile, and nothing wakes the thread for them, so this bounds their latency.
+pub const WFI_MAX_WAIT: Duration = Duration::from_millis(1);
+
+/// The page size `hv_vm_map` requires alignment to on Apple silicon (16 KiB).
+const HV_PAGE_SIZE: u64 = applevisor_sys::PAGE_SIZE as u64;
+
+/// The general-purpose registers by number, for register writeback.
+const GP_REGS: [Reg; 31] = [
+    Reg::X0,
+    Reg::X1,
+    Reg::X2,
+    Reg::X3,
+    Reg::X4,
+    Reg::X5,
+    Reg::X6,
+    Reg::X7,
+    Reg::X8,
+    Reg::X9,
+    Reg::X10,
+    Reg::X11,
+    Reg::X12,
+    Reg::X13,
+    Reg::X14,
+    Reg::X15,
+    Reg::X16,
+    Reg::X17,
+    Reg::X18,
+    Reg::X19,
+    Reg::X20,
+    Reg::X21,
+    Reg::X22,
+    Reg::X23,
+    Reg::X24,
+    Reg::X25,
+    Reg::X26,
+    Reg::X27,
+    Reg::X28,
+    Reg::X29,
+    Reg::X30,
+];
+
+/// What went wrong setting up Hypervisor.framework, with what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HvfError {
+    /// `hv_vm_create` returned `HV_DENIED`.
+    #[error(
+        "Hypervisor.framework refused to create a VM: the vmm binary must be signed with the \
+         com.apple.security.hypervisor entitlement. `cargo run` does it through \
+         vmm/macos/run-signed.sh; by hand: codesign --sign - --force --entitlements \
+         vmm/macos/entitlements.plist <path to vmm>"
+    )]
+    NoEntitlement,
+    /// The framework has no hypervisor to offer.
+    #[error(
+        "Hypervisor.framework is not available on this Mac: it needs Apple silicon, and inside \
+         another virtual machine a host that offers nested virtualization"
+    )]
+    Unavailable(#[source] HypervisorError),
+    /// `hv_vm_create` returned `HV_BUSY`.
+    #[error("a virtual machine already exists in this process (Hypervisor.framework allows one)")]
+    Busy,
+    /// The VM was created but its GIC was not.
+    #[error(
+        "the in-kernel GICv3 could not be created (hv_gic_create): it needs macOS 15 or later on \
+         Apple silicon"
+    )]
+    GicUnavailable(#[source] HypervisorError),
+    /// The framework's GIC does not fit the memory map.
+    #[error("Hypervisor.framework's GIC does not fit this VMM's memory map")]
+    GicLayout(#[from] GicLayoutError),
+    /// Guest RAM ends above what the host can address.
+    #[error(
+        "guest RAM ends at {end:#x}, which needs {needed}-bit guest physical addresses, but this \
+         Mac supports {max} bits: use less --memory"
+    )]
+    RamTooLarge {
+        /// End of guest RAM.
+        end: u64,
+        /// Bits needed.
+        needed: u32,
+        /// The framework's maximum.
+        max: u32,
+    },
+    /// A RAM region cannot be mapped because of its alignment.
+    #[error(
+        "guest RAM region at {ipa:#x} ({size:#x} bytes) is not aligned to the 16 KiB pages \
+         Hypervisor.framework maps: use a --memory size that is a multiple of 16 KiB"
+    )]
+    Misaligned {
+        /// Guest physical start.
+        ipa: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+fn setup_error(what: &'static str, e: HvfError) -> HvError {
+    HvError::call(what, io::Error::other(e))
+}
+
+/// Maps a failed framework call to [`HvError::Call`] naming the call.
+fn framework(what: &'static str) -> impl Fn(HypervisorError) -> HvError {
+    move |e| HvError::call(what, io::Error::other(e))
+}
+
+/// The advice for a failed `hv_vm_create`.
+fn vm_create_error(e: HypervisorError) -> HvError {
+    let what = "creating the VM (hv_vm_create)";
+    match e {
+        HypervisorError::Denied => setup_error(what, HvfError::NoEntitlement),
+        HypervisorError::Busy => setup_error(what, HvfError::Busy),
+        HypervisorError::Unsupported | HypervisorError::NoDevice => {
+            setup_error(what, HvfError::Unavailable(e))
+        }
+        other => framework(what)(other),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The in-kernel GIC as [`hvf_logic`] sees it.
+#[derive(Debug)]
+pub struct HvfGic {
+    vm: VirtualMachineInstance<GicEnabled>,
+}
+
+impl Gic for HvfGic {
+    fn set_spi(&self, intid: u32, level: bool) -> io::Result<()> {
+        self.vm.gic_set_spi(intid, level).map_err(io::Error::other)
+    }
+}
+
+/// What the vCPU threads and [`Vm::stop_vcpus`] share.
+#[derive(Debug, Default)]
+struct VcpuRegistry {
+    /// Set by [`Vm::stop_vcpus`]; every later exit is [`VcpuExit::Stopped`].
+    stopping: AtomicBool,
+    /// Some vCPU has entered the guest.
+    running: AtomicBool,
+    /// Every vCPU created, for `hv_vcpus_exit` (handles of destroyed vCPUs are skipped).
+    handles: Mutex<Vec<VcpuHandle>>,
+    /// Wakes vCPUs sleeping on a WFI exit.
+    kicks: Mutex<Vec<Arc<Notifier>>>,
+}
+
+/// What a vCPU thread needs to create its vCPU: its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HvfVcpuSeed {
+    index: usize,
+}
+
+/// The Hypervisor.framework VM of this process.
+#[derive(Debug)]
+pub struct HvfVm {
+    irq: IrqForwarder<HvfGic>,
+    gic: Arc<HvfGic>,
+    registry: Arc<VcpuRegistry>,
+    mpidrs: Vec<u64>,
+    seeds: Vec<HvfVcpuSeed>,
+    /// `(guest physical address, size)` of every `hv_vm_map`, unmapped on drop.
+    mapped: Vec<(u64, usize)>,
+    vm: VirtualMachineInstance<GicEnabled>,
+    /// Keeps the mapped host memory alive as long as the VM may use it.
+    _mem: GuestMemory,
+}
+
+impl HvfVm {
+    /// Creates the VM for `vcpus` vCPUs: every region of `mem` mapped read/write/execute at its
+    /// guest address, and the in-kernel GICv3 at [`layout::GIC_DIST_BASE`] /
+    /// [`layout::GIC_REDIST_BASE`].
+    ///
+    /// # Errors
+    ///
+    /// With the advice a user needs: a binary without the `com.apple.security.hypervisor`
+    /// entitlement, a Mac without Hypervisor.framework, a GIC that does not fit the memory map,
+    /// more vCPUs than the framework or the map allow, more RAM than the host can address.
+    pub fn new(mem: &GuestMemory, vcpus: usize) -> Result<HvfVm> {
+        if vcpus > layout::max_vcpus() {
+            return Err(HvError::TooManyVcpus {
+                requested: vcpus,
+                max: layout::max_vcpus(),
+            });
+        }
+
+        let limits = gic_limits()?;
+        hvf_logic::check_gic_layout(&limits, vcpus)
+            .map_err(|e| setup_error("checking the GIC geometry", e.into()))?;
+        if hvf_logic::redistributor_region_overlaps_uart(&limits) {
+            tracing::warn!(
+                region = format_args!("{:#x}", limits.redistributor_region_size),
+                "Hypervisor.framework's GIC redistributor region, sized for every vCPU it supports, \
+                 reaches past the UART at {:#x}; if the console stays silent, this is why",
+                layout::UART_BASE
+            );
+        }
+
+        let mut gic_config = GicConfig::new();
+        gic_config
+            .set_distributor_base(layout::GIC_DIST_BASE)
+            .map_err(framework(
+                "setting the GIC distributor base (hv_gic_config_set_distributor_base)",
+            ))?;
+        gic_config
+            .set_redistributor_base(layout::GIC_REDIST_BASE)
+            .map_err(framework(
+                "setting the GIC redistributor base (hv_gic_config_set_redistributor_base)",
+            ))?;
+
+        let vm = match VirtualMachine::with_gic(vm_config(mem)?, gic_config) {
+            Ok(vm) => vm,
+            Err(HypervisorError::Denied) => return Err(vm_create_error(HypervisorError::Denied)),
+            Err(e) => return Err(classify_with_gic_failure(mem, e)),
+        };
+
+        let max = HvVcpu::get_max_count().map_err(framework(
+            "reading the vCPU limit (hv_vm_get_max_vcpu_count)",
+        ))?;
+        if vcpus > max as usize {
+            return Err(HvError::TooManyVcpus {
+                requested: vcpus,
+                max: (max as usize).min(layout::max_vcpus()),
+            });
+        }
+
+        let mapped = map_memory(mem)?;
+        let gic = Arc::new(HvfGic { vm: vm.clone() });
+        let irq = IrqForwarder::new(Arc::clone(&gic))
+            .map_err(|e| HvError::call("creating the interrupt thread's poller", e))?;
+        irq.start()
+            .map_err(|e| HvError::call("starting the interrupt thread", e))?;
+        Ok(HvfVm {
+            irq,
+            gic,
+            registry: Arc::new(VcpuRegistry::default()),
+            mpidrs: (0..vcpus).map(layout::mpidr_affinity).collect(),
+            seeds: (0..vcpus).map(|index| HvfVcpuSeed { index }).collect(),
+            mapped,
+            vm,
+            _mem: mem.clone(),
+        })
+    }
+}
+
+/// The GIC geometry the framework reports.
+fn gic_limits() -> Result<GicLimits> {
+    let size = |r: applevisor::error::Result<usize>, what: &'static str| -> Result<u64> {
+        r.map(|v| v as u64).map_err(framework(what))
+    };
+    let (spi_base, spi_count) = GicConfig::get_spi_interrupt_range().map_err(framework(
+        "reading the SPI range (hv_gic_get_spi_interrupt_range)",
+    ))?;
+    Ok(GicLimits {
+        distributor_size: size(
+            GicConfig::get_distributor_size(),
+            "reading the GIC distributor size (hv_gic_get_distributor_size)",
+        )?,
+        distributor_alignment: size(
+            GicConfig::get_distributor_base_alignment(),
+            "reading the GIC distributor alignment (hv_gic_get_distributor_base_alignment)",
+        )?,
+        redistributor_size: size(
+            GicConfig::get_redistributor_size(),
+            "reading the GIC redistributor size (hv_gic_get_redistributor_size)",
+        )?,
+        redistributor_region_size: size(
+            GicConfig::get_redistributor_region_size(),
+            "reading the GIC redistributor region size (hv_gic_get_redistributor_region_size)",
+        )?,
+        redistributor_alignment: size(
+            GicConfig::get_redistributor_base_alignment(),
+            "reading the GIC redistributor alignment (hv_gic_get_redistributor_base_alignment)",
+        )?,
+        spi_base,
+        spi_count,
+    })
+}
+
+/// The VM configuration: the default, with a wider IPA space when RAM ends above the default.
+fn vm_config(mem: &GuestMemory) -> Result<VirtualMachineConfig> {
+    let mut config = VirtualMachineConfig::new();
+    let end = mem
+        .iter()
+        .map(|r| r.start_addr().0.saturating_add(r.len()))
+        .max()
+        .unwrap_or(0);
+    let needed = hvf_logic::required_ipa_bits(end);
+    let default = VirtualMachineConfig::get_default_ipa_size().map_err(vm_create_error)?;
+    if needed > default {
+        let max = VirtualMachineConfig::get_max_ipa_size().map_err(vm_create_error)?;
+        if needed > max {
+            return Err(setup_error(
+                "sizing the guest physical address space",
+                HvfError::RamTooLarge { end, needed, max },
+            ));
+        }
+        config.set_ipa_size(needed).map_err(framework(
+            "setting the IPA size (hv_vm_config_set_ipa_size)",
+        ))?;
+    }
+    Ok(config)
+}
+
+/// After `with_gic` failed with `e`: tells a VM that cannot be created (entitlement,
+/// availability) from a GIC that cannot be, by creating (and at once destroying) a VM without GIC.
+/// Only on this error path; the framework allows a new VM once the previous one is destroyed.
+fn classify_with_gic_failure(mem: &GuestMemory, e: HypervisorError) -> HvError {
+    let probe = match vm_config(mem) {
+        Ok(config) => VirtualMachine::with_config(config),
+        Err(err) => return err,
+    };
+    match probe {
+        Ok(vm) => {
+            drop(vm);
+            setup_error(
+                "creating the in-kernel GIC (hv_gic_create)",
+                HvfError::GicUnavailable(e),
+            )
+        }
+        Err(vm_err) => vm_create_error(vm_err),
+    }
+}
+
+/// Maps every region of `mem` into the VM; returns what was mapped.
+fn map_memory(mem: &GuestMemory) -> Result<Vec<(u64, usize)>> {
+    let mut mapped = Vec::new();
+    for region in mem.iter() {
+        let ipa = region.start_addr().0;
+        let size = region.len();
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| HvError::call("finding guest RAM in the VMM", io::Error::other(e)))?;
+        if ipa % HV_PAGE_SIZE != 0 || size % HV_PAGE_SIZE != 0 || (host as u64) % HV_PAGE_SIZE != 0
+        {
+            return Err(setup_error(
+                "mapping guest RAM",
+                HvfError::Misaligned { ipa, size },
+            ));
+        }
+        let len = usize::try_from(size)
+            .map_err(|_| setup_error("mapping guest RAM", HvfError::Misaligned { ipa, size }))?;
+        let flags = applevisor_sys::HV_MEMORY_READ
+            | applevisor_sys::HV_MEMORY_WRITE
+            | applevisor_sys::HV_MEMORY_EXEC;
+        // SAFETY: `host..host + len` is one live mapping owned by a region of `mem`; `HvfVm`
+        // keeps a clone of `mem` (so the mapping stays valid) and unmaps the range from the VM in
+        // its `Drop` before that clone is released. The framework only reads and writes guest RAM
+        // there, which the devices also access through volatile vm-memory accessors.
+        let ret = unsafe { applevisor_sys::hv_vm_map(host as *const c_void, ipa, len, flags) };
+        if ret != 0 {
+            return Err(framework("mapping guest RAM (hv_vm_map)")(
+                HypervisorError::from(ret),
+            ));
+        }
+        mapped.push((ipa, len));
+    }
+    Ok(mapped)
+}
+
+impl Drop for HvfVm {
+    fn drop(&mut self) {
+        self.irq.stop();
+        for &(ipa, len) in &self.mapped {
+            // SAFETY: removes a stage-2 mapping this VM made; it has no precondition on host
+            // memory, and after it the framework no longer touches our RAM, which is released
+            // when `_mem` drops right after this.
+            let ret = unsafe { applevisor_sys::hv_vm_unmap(ipa, len) };
+            if ret != 0 {
+                tracing::warn!(
+                    ipa = format_args!("{ipa:#x}"),
+                    error = %HypervisorError::from(ret),
+                    "hv_vm_unmap failed"
+                );
+            }
+        }
+    }
+}
+
+impl Vm for HvfVm {
+    type VcpuSeed = HvfVcpuSeed;
+    type Vcpu = HvfVcpu;
+
+    fn handles_psci(&self) -> bool {
+        false
+    }
+
+    fn mpidrs(&self) -> Vec<u64> {
+        self.mpidrs.clone()
+    }
+
+    fn take_vcpu_seeds(&mut self) -> Vec<HvfVcpuSeed> {
+        std::mem::take(&mut self.seeds)
+    }
+
+    /// Creates the vCPU on the calling thread and sets its `MPIDR_EL1`.
+    ///
+    /// Hypervisor.framework's `hv_gic_create` documentation: "Once the virtual machine vcpus are
+    /// running, its topology is considered final." Create every vCPU before any of them runs.
+    fn create_vcpu(&self, seed: HvfVcpuSeed) -> Result<HvfVcpu> {
+        if self.registry.running.load(Ordering::SeqCst) {
+            tracing::warn!(
+                vcpu = seed.index,
+                "vCPU created after another one ran: Hypervisor.framework considers the GIC \
+                 topology final once vCPUs run, so this vCPU may get no interrupts"
+            );
+        }
+        let vcpu = self
+            .vm
+            .vcpu_with_config(VcpuConfig::new())
+            .map_err(framework("creating a vCPU (hv_vcpu_create)"))?;
+        vcpu.set_sys_reg(SysReg::MPIDR_EL1, layout::mpidr_el1(seed.index))
+            .map_err(framework("setting MPIDR_EL1 (hv_vcpu_set_sys_reg)"))?;
+        let kick = Arc::new(
+            Notifier::new().map_err(|e| HvError::call("creating a vCPU wake-up notifier", e))?,
+        );
+        lock(&self.registry.handles).push(vcpu.get_handle());
+        lock(&self.registry.kicks).push(Arc::clone(&kick));
+        Ok(HvfVcpu {
+            vcpu,
+            index: seed.index,
+            registry: Arc::clone(&self.registry),
+            kick,
+            log: RateLimit::guest_errors(),
+        })
+    }
+
+    fn connect_irq(&self, notifier: &Notifier, spi: u32) -> Result<()> {
+        self.irq
+            .connect(notifier, layout::spi_to_intid(spi))
+            .map_err(|e| HvError::call("registering a device interrupt", e))
+    }
+
+    fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine> {
+        Arc::new(GicIrqLine::new(Arc::clone(&self.gic), spi))
+    }
+
+    /// Hypervisor.framework has no ioeventfd: queue notifications are MMIO writes.
+    fn connect_queue_notify(&self, _notifier: &Notifier, _addr: u64, _queue: u32) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn stop_vcpus(&self) {
+        self.registry.stopping.store(true, Ordering::SeqCst);
+        let handles = lock(&self.registry.handles).clone();
+        if !handles.is_empty()
+            && let Err(e) = self.vm.vcpus_exit(&handles)
+        {
+            tracing::warn!(error = %e, "hv_vcpus_exit failed");
+        }
+        for kick in lock(&self.registry.kicks).iter() {
+            let _ = kick.notify();
+        }
+    }
+}
+
+/// A vCPU, bound to the thread that created it (`!Send`, as applevisor's `Vcpu`).
+#[derive(Debug)]
+pub struct HvfVcpu {
+    vcpu: HvVcpu,
+    index: usize,
+    registry: Arc<VcpuRegistry>,
+    kick: Arc<Notifier>,
+    log: RateLimit,
+}
+
+/// [`GuestRegisters`] of an applevisor vCPU.
+struct Regs<'a>(&'a HvVcpu);
+
+fn gp(n: u8) -> Result<Reg> {
+    GP_REGS
+        .get(usize::from(n))
+        .copied()
+        .ok_or_else(|| HvError::Unhandled(format!("general-purpose register x{n} does not exist")))
+}
+
+impl GuestRegisters for Regs<'_> {
+    fn x(&self, n: u8) -> Result<u64> {
+        self.0
+            .get_reg(gp(n)?)
+            .map_err(framework("reading a guest register (hv_vcpu_get_reg)"))
+    }
+
+    fn set_x(&mut self, n: u8, value: u64) -> Result<()> {
+        self.0
+            .set_reg(gp(n)?, value)
+            .map_err(framework("writing a guest register (hv_vcpu_set_reg)"))
+    }
+
+    fn advance_pc(&mut self, bytes: u64) -> Result<()> {
+        let pc = self
+            .0
+            .get_reg(Reg::PC)
+            .map_err(framework("reading PC (hv_vcpu_get_reg)"))?;
+        self.0
+            .set_reg(Reg::PC, pc.wrapping_add(bytes))
+            .map_err(framework("writing PC (hv_vcpu_set_reg)"))
+    }
+}
+
+/// The host's virtual counter and its frequency.
+#[cfg(target_arch = "aarch64")]
+fn host_counter() -> Option<(u64, u64)> {
+    let (count, freq): (u64, u64);
+    // SAFETY: CNTVCT_EL0 and CNTFRQ_EL0 are readable at EL0 on macOS (mach_absolute_time reads
+    // the counter from user space); the instructions only read system registers, touch no
+    // memory and change no flags.
+    unsafe {
+        core::arch::asm!(
+            "mrs {c}, cntvct_el0",
+            "mrs {f}, cntfrq_el0",
+            c = out(reg) count,
+            f = out(reg) freq,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    Some((count, freq))
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn host_counter() -> Option<(u64, u64)> {
+    None
+}
+
+impl HvfVcpu {
+    fn stopping(&self) -> bool {
+        self.registry.stopping.load(Ordering::SeqCst)
+    }
+
+    /// How long a WFI may sleep: until the guest's virtual timer fires, at most
+    /// [`WFI_MAX_WAIT`]. The guest's count is the host's minus the vCPU's vtimer offset
+    /// (`hv_vcpu_get_vtimer_offset`).
+    fn wfi_wait(&self) -> Duration {
+        let timer = (
+            self.vcpu.get_sys_reg(SysReg::CNTV_CTL_EL0),
+            self.vcpu.get_sys_reg(SysReg::CNTV_CVAL_EL0),
+            self.vcpu.get_vtimer_offset(),
+            host_counter(),
+        );
+        match timer {
+            (Ok(ctl), Ok(cval), Ok(offset), Some((now, freq))) => {
+                hvf_logic::wfi_timeout(ctl, cval, now.wrapping_sub(offset), freq, WFI_MAX_WAIT)
+            }
+            _ => WFI_MAX_WAIT,
+        }
+    }
+
+    fn exception(&mut self, esr: Esr, ipa: u64, bus: &MmioBus) -> Result<VcpuExit> {
+        let action = hvf_logic::handle_exception(esr, ipa, &mut Regs(&self.vcpu), bus)?;
+        match action {
+            ExceptionAction::Exit(exit) => return Ok(exit),
+            ExceptionAction::WaitForInterrupt => {
+                let wait = self.wfi_wait();
+                if !wait.is_zero() && !self.stopping() {
+                    let _ = self.kick.wait_timeout(wait);
+                }
+            }
+            ExceptionAction::Yield => std::thread::yield_now(),
+            ExceptionAction::SysRegTrapped(access) => {
+                warn_limited!(
+                    self.log,
+                    vcpu = self.index,
+                    register = ?access.reg,
+                    read = access.is_read,
+                    "guest accessed a trapped system register: reads as zero, writes ignored"
+                );
+            }
+            ExceptionAction::UnclaimedMmio { addr } => {
+                warn_limited!(
+                    self.log,
+                    vcpu = self.index,
+                    addr = format_args!("{addr:#x}"),
+                    "guest accessed an address with no device: reads as zero, writes ignored"
+                );
+            }
+        }
+        Ok(VcpuExit::Continue)
+    }
+}
+
+impl Vcpu for HvfVcpu {
+    /// Runs the vCPU until an exit the loop must see.
+    ///
+    /// `HV_EXIT_REASON_VTIMER_ACTIVATED` should not happen with the in-kernel GIC. If it does,
+    /// the framework has masked the timer (`hv_vcpu_run`: "the VTimer is automatically masked"),
+    /// so it is unmasked again (`hv_vcpu_set_vtimer_mask`) and logged; leaving it masked would
+    /// stop the guest's clock.
+    fn run(&mut self, bus: &MmioBus) -> Result<VcpuExit> {
+        if self.stopping() {
+            return Ok(VcpuExit::Stopped);
+        }
+        self.registry.running.store(true, Ordering::SeqCst);
+        self.vcpu
+            .run()
+            .map_err(framework("running a vCPU (hv_vcpu_run)"))?;
+        if self.stopping() {
+            return Ok(VcpuExit::Stopped);
+        }
+        let exit = self.vcpu.get_exit_info();
+        match exit.reason {
+            ExitReason::CANCELED => Ok(VcpuExit::Stopped),
+            ExitReason::EXCEPTION => self.exception(
+                Esr(exit.exception.syndrome),
+                exit.exception.physical_address,
+                bus,
+            ),
+            ExitReason::VTIMER_ACTIVATED => {
+                warn_limited!(
+                    self.log,
+                    vcpu = self.index,
+                    "unexpected virtual timer exit with the in-kernel GIC; unmasking the timer"
+                );
+                self.vcpu.set_vtimer_mask(false).map_err(framework(
+                    "unmasking the virtual timer (hv_vcpu_set_vtimer_mask)",
+                ))?;
+                Ok(VcpuExit::Continue)
+            }
+            ExitReason::UNKNOWN => Err(HvError::Unhandled(
+                "Hypervisor.framework reported an exit of unknown reason".into(),
+            )),
+        }
+    }
+
+    fn set_x0(&mut self, value: u64) -> Result<()> {
+        self.vcpu
+            .set_reg(Reg::X0, value)
+            .map_err(framework("writing x0 (hv_vcpu_set_reg)"))
+    }
+
+    fn set_boot_registers(&mut self, entry: u64, x0: u64) -> Result<()> {
+        let set = |reg, value, what| self.vcpu.set_reg(reg, value).map_err(framework(what));
+        set(Reg::PC, entry, "setting PC (hv_vcpu_set_reg)")?;
+        set(Reg::X0, x0, "setting x0 (hv_vcpu_set_reg)")?;
+        set(Reg::X1, 0, "setting x1 (hv_vcpu_set_reg)")?;
+        set(Reg::X2, 0, "setting x2 (hv_vcpu_set_reg)")?;
+        set(Reg::X3, 0, "setting x3 (hv_vcpu_set_reg)")?;
+        set(
+            Reg::CPSR,
+            PSTATE_EL1H_DAIF,
+            "setting CPSR (hv_vcpu_set_reg)",
+        )
+    }
+}

@@ -1,0 +1,415 @@
+//! KVM on arm64 Linux.
+//!
+//! One VM with the guest RAM in memory slots, vCPUs initialized with the host's preferred
+//! target and in-kernel PSCI 0.2 (secondaries start powered off and come up through CPU_ON
+//! inside the kernel), the in-kernel vGICv3 at the device-tree addresses, irqfd for device
+//! interrupts and ioeventfd for queue notifications. Facts from the kernel's
+//! `Documentation/virt/kvm/api.rst` and `devices/arm-vgic-v3.rst`.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::bus::MmioBus;
+use devices::event::Notifier;
+use devices::irq::IrqLine;
+use devices::virtio::GuestMemory;
+use kvm_bindings::{
+    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
+    KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_userspace_memory_region, kvm_vcpu_init,
+};
+use kvm_ioctls::{Cap, DeviceFd, IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
+
+use super::{HvError, Result, Vcpu, VcpuExit, Vm};
+use crate::arch::aarch64::layout;
+
+/// The number of interrupts the vGIC is configured with: 32 private + 96 SPIs (a multiple of 32).
+const GIC_NR_IRQS: u32 = 128;
+
+/// `PSTATE` for the boot vCPU: EL1h with D, A, I and F masked (booting.rst).
+const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+
+/// Register IDs of the core registers (`struct kvm_regs`): x0 at offset 0, pc at 256, pstate at
+/// 264, counted in 32-bit words.
+const fn core_reg(offset_bytes: u64) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset_bytes / 4)
+}
+const REG_X0: u64 = core_reg(0);
+const REG_PC: u64 = core_reg(256);
+const REG_PSTATE: u64 = core_reg(264);
+/// `MPIDR_EL1` as a system register ID: op0 3, op1 0, CRn 0, CRm 0, op2 5.
+const REG_MPIDR_EL1: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | 0x0013_0000 | (3 << 14) | 5;
+
+/// Marks the vCPU threads' kick signal as handled (doing nothing), so that it interrupts
+/// `KVM_RUN` with `EINTR` instead of killing the process.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The shared part of the VM, also reachable from the vCPU threads.
+#[derive(Debug)]
+struct Shared {
+    vm: VmFd,
+    stopping: AtomicBool,
+    /// Threads running vCPUs, to kick them out of KVM_RUN.
+    threads: Mutex<Vec<libc::pthread_t>>,
+    /// Eventfds registered with KVM (dups of our notifiers' descriptors), kept alive.
+    eventfds: Mutex<Vec<EventFd>>,
+}
+
+/// A KVM virtual machine.
+#[derive(Debug)]
+pub struct KvmVm {
+    _kvm: Kvm,
+    shared: Arc<Shared>,
+    _gic: DeviceFd,
+    seeds: Vec<VcpuFd>,
+    mpidrs: Vec<u64>,
+}
+
+/// A vCPU running on its own thread.
+#[derive(Debug)]
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => HvError::NoKvm,
+        libc::EACCES | libc::EPERM => HvError::KvmPermission,
+        _ => HvError::call(
+            "open /dev/kvm",
+            std::io::Error::from_raw_os_error(e.errno()),
+        ),
+    })
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> HvError {
+    move |e| HvError::call(what, std::io::Error::from_raw_os_error(e.errno()))
+}
+
+fn set_attr(dev: &DeviceFd, group: u32, attr: u64, addr: u64, what: &'static str) -> Result<()> {
+    let a = kvm_device_attr {
+        flags: 0,
+        group,
+        attr,
+        addr,
+    };
+    dev.set_device_attr(&a).map_err(kvm_err(what))
+}
+
+/// Takes a new descriptor for `notifier` as a vmm-sys-util `EventFd`, as kvm-ioctls wants.
+fn eventfd_of(notifier: &Notifier) -> Result<EventFd> {
+    // SAFETY: dup on a descriptor we hold open; the result is checked below.
+    let fd = unsafe { libc::dup(notifier.as_raw_fd()) };
+    if fd < 0 {
+        return Err(HvError::call("dup", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh duplicate of an eventfd that nothing else owns.
+    Ok(unsafe { EventFd::from_raw_fd(fd) })
+}
+
+impl KvmVm {
+    /// Creates the VM: memory slots for every region of `mem`, `vcpus` vCPUs, the vGICv3.
+    pub fn new(mem: &GuestMemory, vcpus: usize) -> Result<Self> {
+        let kvm = open_kvm()?;
+        let max = kvm.get_max_vcpus().min(layout::max_vcpus());
+        if vcpus == 0 || vcpus > max {
+            return Err(HvError::TooManyVcpus {
+                requested: vcpus,
+                max,
+            });
+        }
+        if !kvm.check_extension(Cap::Irqfd) || !kvm.check_extension(Cap::Ioeventfd) {
+            return Err(HvError::Unhandled(
+                "this kernel's KVM lacks irqfd or ioeventfd".into(),
+            ));
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| {
+                    HvError::Unhandled("guest memory region has no host mapping".into())
+                })?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`, which the
+            // caller keeps alive for the life of the VM (the machine holds both).
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let mut init = kvm_vcpu_init::default();
+        vm.get_preferred_target(&mut init)
+            .map_err(kvm_err("KVM_ARM_PREFERRED_TARGET"))?;
+        init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+        let mut seeds = Vec::with_capacity(vcpus);
+        let mut mpidrs = Vec::with_capacity(vcpus);
+        for i in 0..vcpus {
+            let fd = vm
+                .create_vcpu(i as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut vi = init;
+            if i > 0 {
+                vi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+            }
+            fd.vcpu_init(&vi).map_err(kvm_err("KVM_ARM_VCPU_INIT"))?;
+            let mut m = [0u8; 8];
+            fd.get_one_reg(REG_MPIDR_EL1, &mut m)
+                .map_err(kvm_err("read MPIDR_EL1"))?;
+            mpidrs.push(u64::from_le_bytes(m) & layout::MPIDR_AFFINITY_MASK);
+            seeds.push(fd);
+        }
+
+        // The vGIC is initialized after every vCPU exists (arm-vgic-v3.rst).
+        let mut dev = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
+            fd: 0,
+            flags: 0,
+        };
+        let gic = vm.create_device(&mut dev).map_err(kvm_err(
+            "KVM_CREATE_DEVICE (vGICv3): does the host have a GICv3?",
+        ))?;
+        let dist = layout::GIC_DIST_BASE;
+        let redist = layout::GIC_REDIST_BASE;
+        set_attr(
+            &gic,
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST),
+            &raw const dist as u64,
+            "vGIC distributor address",
+        )?;
+        set_attr(
+            &gic,
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            u64::from(KVM_VGIC_V3_ADDR_TYPE_REDIST),
+            &raw const redist as u64,
+            "vGIC redistributor address",
+        )?;
+        let nr_irqs = GIC_NR_IRQS;
+        set_attr(
+            &gic,
+            KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+            0,
+            &raw const nr_irqs as u64,
+            "vGIC interrupt count",
+        )?;
+        set_attr(
+            &gic,
+            KVM_DEV_ARM_VGIC_GRP_CTRL,
+            u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
+            0,
+            "vGIC init",
+        )?;
+
+        register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| {
+            HvError::call(
+                "install the vCPU kick signal handler",
+                std::io::Error::from_raw_os_error(e.errno()),
+            )
+        })?;
+
+        Ok(Self {
+            _kvm: kvm,
+            shared: Arc::new(Shared {
+                vm,
+                stopping: AtomicBool::new(false),
+                threads: Mutex::new(Vec::new()),
+                eventfds: Mutex::new(Vec::new()),
+            }),
+            _gic: gic,
+            seeds,
+            mpidrs,
+        })
+    }
+}
+
+/// A level-triggered SPI driven with `KVM_IRQ_LINE`.
+#[derive(Debug)]
+struct KvmIrqLine {
+    shared: Arc<Shared>,
+    irq: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) -> std::io::Result<()> {
+        self.shared
+            .vm
+            .set_irq_line(self.irq, high)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl Vm for KvmVm {
+    type VcpuSeed = (usize, VcpuFd);
+    type Vcpu = KvmVcpu;
+
+    fn handles_psci(&self) -> bool {
+        true
+    }
+
+    fn mpidrs(&self) -> Vec<u64> {
+        self.mpidrs.clone()
+    }
+
+    fn take_vcpu_seeds(&mut self) -> Vec<Self::VcpuSeed> {
+        std::mem::take(&mut self.seeds)
+            .into_iter()
+            .enumerate()
+            .collect()
+    }
+
+    fn create_vcpu(&self, (index, fd): Self::VcpuSeed) -> Result<KvmVcpu> {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(me);
+        Ok(KvmVcpu {
+            fd,
+            shared: Arc::clone(&self.shared),
+            index,
+        })
+    }
+
+    fn connect_irq(&self, notifier: &Notifier, spi: u32) -> Result<()> {
+        let efd = eventfd_of(notifier)?;
+        self.shared
+            .vm
+            .register_irqfd(&efd, layout::spi_to_kvm_irqfd_gsi(spi))
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        self.shared
+            .eventfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(efd);
+        Ok(())
+    }
+
+    fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine> {
+        Arc::new(KvmIrqLine {
+            shared: Arc::clone(&self.shared),
+            irq: layout::kvm_irq_line_spi(spi),
+        })
+    }
+
+    fn connect_queue_notify(&self, notifier: &Notifier, addr: u64, queue: u32) -> Result<bool> {
+        let efd = eventfd_of(notifier)?;
+        self.shared
+            .vm
+            .register_ioevent(&efd, &IoEventAddress::Mmio(addr), queue)
+            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        self.shared
+            .eventfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(efd);
+        Ok(true)
+    }
+
+    fn stop_vcpus(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let threads = self
+            .shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for t in threads {
+            // SAFETY: the thread ids were recorded by live vCPU threads; a signal to a thread
+            // that has exited is harmless to the process (ESRCH), and the handler does nothing.
+            unsafe {
+                libc::pthread_kill(t, SIGRTMIN());
+            }
+        }
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn run(&mut self, bus: &MmioBus) -> Result<VcpuExit> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Ok(VcpuExit::Stopped);
+        }
+        match self.fd.run() {
+            Ok(kvm_ioctls::VcpuExit::MmioRead(addr, data)) => {
+                if !bus.read(addr, data) {
+                    data.fill(0);
+                    tracing::debug!(vcpu = self.index, addr, "read from unmapped MMIO address");
+                }
+                Ok(VcpuExit::Continue)
+            }
+            Ok(kvm_ioctls::VcpuExit::MmioWrite(addr, data)) => {
+                if !bus.write(addr, data) {
+                    tracing::debug!(vcpu = self.index, addr, "write to unmapped MMIO address");
+                }
+                Ok(VcpuExit::Continue)
+            }
+            Ok(kvm_ioctls::VcpuExit::SystemEvent(kind, _)) => Ok(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VcpuExit::SystemOff,
+                KVM_SYSTEM_EVENT_RESET => VcpuExit::SystemReset,
+                KVM_SYSTEM_EVENT_CRASH => VcpuExit::Crash,
+                other => {
+                    tracing::warn!(vcpu = self.index, kind = other, "unknown system event");
+                    VcpuExit::Continue
+                }
+            }),
+            Ok(kvm_ioctls::VcpuExit::Hlt) | Ok(kvm_ioctls::VcpuExit::Intr) => {
+                Ok(VcpuExit::Continue)
+            }
+            Ok(kvm_ioctls::VcpuExit::Shutdown) => Ok(VcpuExit::SystemOff),
+            Ok(kvm_ioctls::VcpuExit::FailEntry(reason, cpu)) => Err(HvError::Unhandled(format!(
+                "KVM_RUN failed to enter the guest (reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(kvm_ioctls::VcpuExit::InternalError) => {
+                Err(HvError::Unhandled("KVM internal error".into()))
+            }
+            Ok(other) => {
+                tracing::warn!(vcpu = self.index, exit = ?other, "unexpected KVM exit");
+                Ok(VcpuExit::Continue)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(if self.shared.stopping.load(Ordering::SeqCst) {
+                    VcpuExit::Stopped
+                } else {
+                    VcpuExit::Continue
+                })
+            }
+            Err(e) => Err(kvm_err("KVM_RUN")(e)),
+        }
+    }
+
+    fn set_x0(&mut self, value: u64) -> Result<()> {
+        self.fd
+            .set_one_reg(REG_X0, &value.to_le_bytes())
+            .map(|_| ())
+            .map_err(kvm_err("set x0"))
+    }
+
+    fn set_boot_registers(&mut self, entry: u64, x0: u64) -> Result<()> {
+        for (reg, value, what) in [
+            (REG_PSTATE, PSTATE_EL1H_DAIF, "set PSTATE"),
+            (REG_PC, entry, "set PC"),
+            (REG_X0, x0, "set x0"),
+        ] {
+            self.fd
+                .set_one_reg(reg, &value.to_le_bytes())
+                .map_err(kvm_err(what))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,504 @@
+//! Builds a machine from the command line and runs it: the same code for every hypervisor.
+//!
+//! Order matters for error messages: everything a user can get wrong (files, sizes, network
+//! backends) is checked before the hypervisor is touched, so a bad command line fails with the
+//! same message on any host.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use devices::bus::MmioBus;
+use devices::event::Notifier;
+use devices::net::Backend;
+use devices::serial::Pl011;
+use devices::virtio::GuestMemory;
+use devices::virtio::mmio::{MmioTransport, regs};
+use devices::virtio::net::{Net, NetConfig};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::arch::aarch64::fdt::{self, FdtConfig};
+use crate::arch::aarch64::image::{ImageError, ImageHeader};
+use crate::arch::aarch64::layout;
+use crate::arch::aarch64::placement::{self, GuestRange, PlacementError};
+use crate::arch::aarch64::psci::{Psci, PsciAction};
+use crate::cli::{Args, CliError, NetDevice, NetSpec};
+use crate::hv::{self, HvError, Vcpu, VcpuExit, Vm};
+
+/// Why the VMM could not start; each message names the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The kernel file could not be read.
+    #[error("cannot read the kernel {}", path.display())]
+    KernelRead {
+        /// The path given.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel is not an arm64 Image.
+    #[error("{} is not a bootable arm64 Image", path.display())]
+    Image {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ImageError,
+    },
+    /// The initrd could not be read.
+    #[error("cannot read the initrd {}", path.display())]
+    InitrdRead {
+        /// The path given.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The images do not fit in guest memory.
+    #[error("the kernel, initrd and device tree do not fit")]
+    Placement(#[source] PlacementError),
+    /// Invalid command-line combination.
+    #[error("invalid command line")]
+    Cli(#[source] CliError),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {size} bytes of guest memory")]
+    Memory {
+        /// Requested size.
+        size: u64,
+        /// The error.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// Writing an image into guest memory failed.
+    #[error("cannot load the {what} into guest memory")]
+    Load {
+        /// Which image.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A network backend could not be opened.
+    #[error("cannot set up network device {spec}")]
+    Net {
+        /// The `--net` value.
+        spec: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The device tree could not be built.
+    #[error("cannot build the device tree")]
+    Fdt(#[source] fdt::FdtError),
+    /// The hypervisor refused something.
+    #[error(transparent)]
+    Hv(#[from] HvError),
+    /// Devices or threads could not be set up.
+    #[error("cannot set up {what}")]
+    Setup {
+        /// What.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the guest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// PSCI SYSTEM_OFF.
+    PowerOff,
+    /// PSCI SYSTEM_RESET (the VMM exits; a supervisor may restart it).
+    Reset,
+    /// The hypervisor reported a guest crash.
+    Crash,
+    /// The user left with Ctrl-A x.
+    Quit,
+    /// A vCPU failed.
+    Error(String),
+}
+
+impl ExitReason {
+    /// The process exit code: 0 power-off, 2 reset, 3 crash, 130 quit, 1 error.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitReason::PowerOff => 0,
+            ExitReason::Reset => 2,
+            ExitReason::Crash => 3,
+            ExitReason::Quit => 130,
+            ExitReason::Error(_) => 1,
+        }
+    }
+}
+
+/// The boot images, read and placed.
+#[derive(Debug)]
+pub struct BootImages {
+    kernel: Vec<u8>,
+    initrd: Option<Vec<u8>>,
+    /// Where everything goes in guest memory.
+    pub layout: placement::BootLayout,
+}
+
+fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Reads and checks the kernel and initrd and places them in `memory` bytes of RAM.
+pub fn load_images(args: &Args) -> Result<BootImages, VmmError> {
+    let kernel = read_file(&args.kernel).map_err(|source| VmmError::KernelRead {
+        path: args.kernel.clone(),
+        source,
+    })?;
+    let header = ImageHeader::from_image(&kernel).map_err(|source| VmmError::Image {
+        path: args.kernel.clone(),
+        source,
+    })?;
+    let initrd = match &args.initrd {
+        Some(p) => Some(read_file(p).map_err(|source| VmmError::InitrdRead {
+            path: p.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let layout = placement::place(
+        layout::RAM_BASE,
+        args.memory,
+        &header,
+        kernel.len() as u64,
+        initrd.as_ref().map(|i| i.len() as u64),
+        layout::DTB_MAX_SIZE,
+    )
+    .map_err(VmmError::Placement)?;
+    Ok(BootImages {
+        kernel,
+        initrd,
+        layout,
+    })
+}
+
+/// Opens the backend of one `--net`. TAP exists on Linux, vmnet on macOS.
+pub fn open_backend(spec: &NetSpec) -> Result<Box<dyn Backend>, VmmError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Net {
+        spec: spec.to_string(),
+        source,
+    };
+    match spec {
+        #[cfg(target_os = "linux")]
+        NetSpec::Tap { name } => devices::net::tap::Tap::open(name)
+            .map(|t| Box::new(t) as Box<dyn Backend>)
+            .map_err(|e| err(Box::new(e))),
+        #[cfg(not(target_os = "linux"))]
+        NetSpec::Tap { .. } => Err(err(
+            "TAP devices exist on Linux only: on macOS use --net vmnet-shared, vmnet-host or vmnet-bridged:IFACE".into(),
+        )),
+        #[cfg(not(target_os = "macos"))]
+        NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => Err(err(
+            "vmnet networking needs macOS: on Linux use --net tap:NAME".into(),
+        )),
+        #[cfg(target_os = "macos")]
+        NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => {
+            Err(err("the vmnet backend is not wired into the VMM yet".into()))
+        }
+    }
+}
+
+/// A network device before it is placed on the bus.
+struct NetPlan {
+    backend: Box<dyn Backend>,
+    mac: Option<[u8; 6]>,
+    name: String,
+}
+
+/// Opens every network backend (before the hypervisor is touched).
+fn open_networks(devs: &[NetDevice]) -> Result<Vec<NetPlan>, VmmError> {
+    devs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Ok(NetPlan {
+                backend: open_backend(&d.spec)?,
+                mac: d.mac.map(|m| m.bytes()),
+                name: format!("net{i}"),
+            })
+        })
+        .collect()
+}
+
+/// Allocates guest RAM.
+pub fn guest_memory(size: u64) -> Result<GuestMemory, VmmError> {
+    GuestMemory::from_ranges(&[(GuestAddress(layout::RAM_BASE), size as usize)])
+        .map_err(|source| VmmError::Memory { size, source })
+}
+
+/// Everything a vCPU thread shares with the others.
+struct VcpuContext<V: Vm> {
+    vm: Arc<V>,
+    bus: Arc<MmioBus>,
+    psci: Arc<Psci>,
+    seeds: Mutex<Vec<Option<V::VcpuSeed>>>,
+    exit: Mutex<Sender<ExitReason>>,
+    running: Mutex<Vec<thread::JoinHandle<()>>>,
+    ended: AtomicBool,
+}
+
+impl<V: Vm> VcpuContext<V> {
+    fn report(&self, reason: ExitReason) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            let _ = self
+                .exit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(reason);
+        }
+    }
+
+    /// Starts vCPU `index` on a thread of its own at `entry` with `x0`.
+    fn start_vcpu(self: &Arc<Self>, index: usize, entry: u64, x0: u64) -> Result<(), String> {
+        let seed = self
+            .seeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("vCPU {index} cannot be started twice"))?;
+        let ctx = Arc::clone(self);
+        let handle = thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || ctx.vcpu_thread(index, seed, entry, x0))
+            .map_err(|e| format!("cannot start a thread for vCPU {index}: {e}"))?;
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    fn vcpu_thread(self: Arc<Self>, index: usize, seed: V::VcpuSeed, entry: u64, x0: u64) {
+        let mut vcpu = match self.vm.create_vcpu(seed) {
+            Ok(v) => v,
+            Err(e) => return self.report(ExitReason::Error(format!("vCPU {index}: {e}"))),
+        };
+        // Under in-kernel PSCI only the boot vCPU gets registers from us.
+        if (index == 0 || !self.vm.handles_psci())
+            && let Err(e) = vcpu.set_boot_registers(entry, x0)
+        {
+            return self.report(ExitReason::Error(format!("vCPU {index}: {e}")));
+        }
+        self.psci.cpu_started(index);
+        match self.run_vcpu(index, &mut vcpu) {
+            Ok(Some(reason)) => self.report(reason),
+            Ok(None) => {}
+            Err(e) => self.report(ExitReason::Error(format!("vCPU {index}: {e}"))),
+        }
+    }
+
+    /// The vCPU loop; `Ok(None)` when this vCPU turned itself off (PSCI CPU_OFF).
+    fn run_vcpu(
+        self: &Arc<Self>,
+        index: usize,
+        vcpu: &mut V::Vcpu,
+    ) -> hv::Result<Option<ExitReason>> {
+        loop {
+            match vcpu.run(&self.bus)? {
+                VcpuExit::Continue => {}
+                VcpuExit::Stopped => return Ok(None),
+                VcpuExit::SystemOff => return Ok(Some(ExitReason::PowerOff)),
+                VcpuExit::SystemReset => return Ok(Some(ExitReason::Reset)),
+                VcpuExit::Crash => return Ok(Some(ExitReason::Crash)),
+                VcpuExit::Hypercall { x0, args } => {
+                    let out = self.psci.handle(index, x0, args);
+                    match out.action {
+                        None => vcpu.set_x0(out.x0)?,
+                        Some(PsciAction::StartCpu {
+                            cpu,
+                            entry,
+                            context_id,
+                        }) => {
+                            vcpu.set_x0(out.x0)?;
+                            if let Err(e) = self.start_vcpu(cpu, entry, context_id) {
+                                tracing::warn!("PSCI CPU_ON: {e}");
+                                self.psci.cpu_start_failed(cpu);
+                            }
+                        }
+                        Some(PsciAction::CpuOff) => return Ok(None),
+                        Some(PsciAction::SystemOff) => return Ok(Some(ExitReason::PowerOff)),
+                        Some(PsciAction::SystemReset) => return Ok(Some(ExitReason::Reset)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the VMM set up, for logs and tests.
+#[derive(Debug)]
+pub struct Machine<V: Vm> {
+    vm: V,
+    mem: GuestMemory,
+    bus: MmioBus,
+    entry: u64,
+    dtb: u64,
+    cpus: usize,
+    /// The PL011, for the console's input thread.
+    pub uart: Arc<Mutex<Pl011>>,
+    /// The net devices' transports, in `--net` order.
+    pub nets: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// Builds the machine: images placed, backends opened, then the VM created by `create_vm`,
+/// devices wired to it, the device tree written.
+pub fn build<V: Vm>(
+    args: &Args,
+    out: Box<dyn std::io::Write + Send>,
+    create_vm: impl FnOnce(&GuestMemory, usize) -> hv::Result<V>,
+) -> Result<Machine<V>, VmmError> {
+    let images = load_images(args)?;
+    let devs = args.net_devices().map_err(VmmError::Cli)?;
+    let nets = open_networks(&devs)?;
+    let mem = guest_memory(args.memory)?;
+    let l = images.layout;
+    mem.write_slice(&images.kernel, GuestAddress(l.kernel_load))
+        .map_err(|source| VmmError::Load {
+            what: "kernel",
+            source,
+        })?;
+    if let (Some(data), Some(range)) = (&images.initrd, l.initrd) {
+        mem.write_slice(data, GuestAddress(range.start))
+            .map_err(|source| VmmError::Load {
+                what: "initrd",
+                source,
+            })?;
+    }
+
+    let vm = create_vm(&mem, args.cpus)?;
+    let setup = |what| move |source| VmmError::Setup { what, source };
+    let mut bus = MmioBus::new();
+    let uart = Arc::new(Mutex::new(Pl011::new(out, vm.irq_line(layout::UART_SPI))));
+    bus.insert(layout::UART_BASE, layout::UART_SIZE, uart.clone())
+        .map_err(|e| setup("the console")(std::io::Error::other(e)))?;
+
+    let mut fdt_cfg = FdtConfig::with_default_layout(args.cpus, args.memory, args.cmdline.clone());
+    fdt_cfg.cpu_mpidrs = vm.mpidrs();
+    fdt_cfg.initrd = l.initrd;
+    let mut transports = Vec::new();
+    for (i, plan) in nets.into_iter().enumerate() {
+        let slot = layout::virtio_mmio_slot(i).ok_or_else(|| {
+            VmmError::Cli(CliError::TooManyNets {
+                given: i + 1,
+                max: layout::VIRTIO_MMIO_MAX_SLOTS,
+            })
+        })?;
+        let net = Net::new(
+            plan.backend,
+            NetConfig {
+                mac: plan.mac,
+                name: plan.name.clone(),
+                ..Default::default()
+            },
+        );
+        tracing::info!(
+            device = %plan.name,
+            mac = %devices::virtio::net::format_mac(&net.mac()),
+            base = format_args!("{:#x}", slot.base),
+            spi = slot.spi,
+            "virtio-net device"
+        );
+        let irq = Notifier::new().map_err(setup("an interrupt notifier"))?;
+        vm.connect_irq(&irq, slot.spi)?;
+        let transport = MmioTransport::new(Box::new(net), mem.clone(), irq)
+            .map_err(setup("a virtio-mmio transport"))?;
+        for (q, n) in transport.queue_notifiers().iter().enumerate() {
+            vm.connect_queue_notify(n, slot.base + regs::QUEUE_NOTIFY, q as u32)?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(slot.base, slot.size, transport.clone())
+            .map_err(|e| setup("a virtio-mmio window")(std::io::Error::other(e)))?;
+        fdt_cfg.virtio_mmio.push(slot);
+        transports.push(transport);
+    }
+    fdt_cfg.psci = true;
+    let blob = fdt::build(&fdt_cfg).map_err(VmmError::Fdt)?;
+    mem.write_slice(&blob, GuestAddress(l.dtb.start))
+        .map_err(|source| VmmError::Load {
+            what: "device tree",
+            source,
+        })?;
+    tracing::info!(
+        kernel = format_args!("{:#x}", l.kernel_load),
+        dtb = format_args!("{:#x}", l.dtb.start),
+        initrd = ?l.initrd.map(|r: GuestRange| (r.start, r.len)),
+        "boot layout"
+    );
+    Ok(Machine {
+        vm,
+        mem,
+        bus,
+        entry: l.kernel_load,
+        dtb: l.dtb.start,
+        cpus: args.cpus,
+        uart,
+        nets: transports,
+    })
+}
+
+impl<V: Vm> Machine<V> {
+    /// Runs the guest until it powers off, resets, crashes or the user quits (`quit` fires).
+    pub fn run(mut self, quit: mpsc::Receiver<()>) -> ExitReason {
+        let seeds = self.vm.take_vcpu_seeds();
+        let (tx, rx) = mpsc::channel();
+        let psci = Arc::new(Psci::new(self.vm.mpidrs()));
+        let ctx = Arc::new(VcpuContext {
+            vm: Arc::new(self.vm),
+            bus: Arc::new(self.bus),
+            psci,
+            seeds: Mutex::new(seeds.into_iter().map(Some).collect()),
+            exit: Mutex::new(tx.clone()),
+            running: Mutex::new(Vec::new()),
+            ended: AtomicBool::new(false),
+        });
+        // Forward the console's quit request into the same channel.
+        let quit_tx = tx;
+        let _ = thread::Builder::new().name("quit".into()).spawn(move || {
+            if quit.recv().is_ok() {
+                let _ = quit_tx.send(ExitReason::Quit);
+            }
+        });
+        // With in-kernel PSCI every vCPU thread runs from the start (secondaries wait in the
+        // kernel for CPU_ON); otherwise only the boot vCPU, the others start on CPU_ON.
+        let first = if ctx.vm.handles_psci() { self.cpus } else { 1 };
+        for i in 0..first {
+            if let Err(e) = ctx.start_vcpu(i, self.entry, self.dtb) {
+                return ExitReason::Error(e);
+            }
+        }
+        let reason = rx
+            .recv()
+            .unwrap_or(ExitReason::Error("all vCPUs ended".into()));
+        ctx.ended.store(true, Ordering::SeqCst);
+        // Kick every vCPU out of the guest and wait (briefly) for the threads to end.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let handles: Vec<_> =
+            std::mem::take(&mut *ctx.running.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            while !h.is_finished() && Instant::now() < deadline {
+                ctx.vm.stop_vcpus();
+                thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        drop(self.mem);
+        reason
+    }
+}
