@@ -22,3 +22,5 @@ pub mod cli;
 pub mod console;
 pub mod hv;
 pub mod machine;
+#[cfg(target_os = "macos")]
+pub mod vmnet_backend;

@@ -208,7 +208,7 @@ pub fn open_backend(spec: &NetSpec) -> Result<Box<dyn Backend>, VmmError> {
         )),
         #[cfg(target_os = "macos")]
         NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => {
-            Err(err("the vmnet backend is not wired into the VMM yet".into()))
+            crate::vmnet_backend::open(spec).map_err(err)
         }
     }
 }
