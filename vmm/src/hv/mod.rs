@@ -81,6 +81,15 @@ pub enum HvError {
 }
 
 impl HvError {
+    /// The error for a failed open of `/dev/kvm` with `errno`.
+    pub fn kvm_open(errno: i32) -> Self {
+        match errno {
+            libc::ENOENT | libc::ENXIO | libc::ENODEV => Self::NoKvm,
+            libc::EACCES | libc::EPERM => Self::KvmPermission,
+            _ => Self::call("open /dev/kvm", std::io::Error::from_raw_os_error(errno)),
+        }
+    }
+
     /// Wraps an OS error with what was being done.
     pub fn call(what: &'static str, source: impl Into<std::io::Error>) -> Self {
         Self::Call {
@@ -189,5 +198,35 @@ impl Vm for Unsupported {
     }
     fn stop_vcpus(&self) {
         match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_dev_kvm_says_kvm_is_needed() {
+        let e = HvError::kvm_open(libc::ENOENT);
+        assert!(matches!(e, HvError::NoKvm));
+        assert!(e.to_string().contains("needs KVM"));
+    }
+
+    #[test]
+    fn no_permission_on_dev_kvm_says_how_to_get_it() {
+        let e = HvError::kvm_open(libc::EACCES).to_string();
+        assert!(e.contains("kvm group") && e.contains("root"), "{e}");
+    }
+
+    #[test]
+    fn other_open_errors_keep_the_os_error() {
+        let e = HvError::kvm_open(libc::EMFILE);
+        assert!(matches!(
+            e,
+            HvError::Call {
+                what: "open /dev/kvm",
+                ..
+            }
+        ));
     }
 }
