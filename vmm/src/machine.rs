@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -240,14 +240,23 @@ pub fn guest_memory(size: u64) -> Result<GuestMemory, VmmError> {
         .map_err(|source| VmmError::Memory { size, source })
 }
 
+/// What a parked vCPU thread is told.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// Run from `entry` with `x0` (boot, or PSCI CPU_ON).
+    At { entry: u64, x0: u64 },
+    /// The machine is going away.
+    Quit,
+}
+
 /// Everything a vCPU thread shares with the others.
 struct VcpuContext<V: Vm> {
     vm: Arc<V>,
     bus: Arc<MmioBus>,
     psci: Arc<Psci>,
-    seeds: Mutex<Vec<Option<V::VcpuSeed>>>,
+    /// One sender per vCPU: how a parked vCPU is started (PSCI CPU_ON) or released.
+    starts: Vec<Mutex<Sender<Start>>>,
     exit: Mutex<Sender<ExitReason>>,
-    running: Mutex<Vec<thread::JoinHandle<()>>>,
     ended: AtomicBool,
 }
 
@@ -262,52 +271,72 @@ impl<V: Vm> VcpuContext<V> {
         }
     }
 
-    /// Starts vCPU `index` on a thread of its own at `entry` with `x0`.
-    fn start_vcpu(self: &Arc<Self>, index: usize, entry: u64, x0: u64) -> Result<(), String> {
-        let seed = self
-            .seeds
+    fn send(&self, index: usize, start: Start) -> Result<(), String> {
+        self.starts
+            .get(index)
+            .ok_or_else(|| format!("no vCPU {index}"))?
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_mut(index)
-            .and_then(Option::take)
-            .ok_or_else(|| format!("vCPU {index} cannot be started twice"))?;
-        let ctx = Arc::clone(self);
-        let handle = thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || ctx.vcpu_thread(index, seed, entry, x0))
-            .map_err(|e| format!("cannot start a thread for vCPU {index}: {e}"))?;
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
-        Ok(())
+            .send(start)
+            .map_err(|_| format!("vCPU {index} is not waiting to start"))
     }
 
-    fn vcpu_thread(self: Arc<Self>, index: usize, seed: V::VcpuSeed, entry: u64, x0: u64) {
-        let mut vcpu = match self.vm.create_vcpu(seed) {
+    /// A vCPU thread: creates its vCPU, waits until every vCPU exists (Hypervisor.framework
+    /// fixes the GIC topology once vCPUs run), then runs whenever it is started.
+    fn vcpu_thread(
+        self: Arc<Self>,
+        index: usize,
+        seed: V::VcpuSeed,
+        created: Arc<Barrier>,
+        starts: Receiver<Start>,
+    ) {
+        let vcpu = self.vm.create_vcpu(seed);
+        created.wait();
+        let mut vcpu = match vcpu {
             Ok(v) => v,
             Err(e) => return self.report(ExitReason::Error(format!("vCPU {index}: {e}"))),
         };
-        // Under in-kernel PSCI only the boot vCPU gets registers from us.
-        if (index == 0 || !self.vm.handles_psci())
-            && let Err(e) = vcpu.set_boot_registers(entry, x0)
-        {
-            return self.report(ExitReason::Error(format!("vCPU {index}: {e}")));
+        if self.vm.handles_psci() {
+            // The hypervisor starts secondaries itself (CPU_ON inside the kernel); only the
+            // boot vCPU gets registers from us, and every thread runs from the start.
+            if index == 0 {
+                match starts.recv() {
+                    Ok(Start::At { entry, x0 }) => {
+                        if let Err(e) = vcpu.set_boot_registers(entry, x0) {
+                            return self.report(ExitReason::Error(format!("vCPU {index}: {e}")));
+                        }
+                    }
+                    _ => return,
+                }
+            }
+            return self.finish(index, self.run_vcpu(index, &mut vcpu));
         }
-        self.psci.cpu_started(index);
-        match self.run_vcpu(index, &mut vcpu) {
+        // The VMM implements PSCI: park until CPU_ON (the boot vCPU is started at once), run
+        // until CPU_OFF, park again.
+        while let Ok(Start::At { entry, x0 }) = starts.recv() {
+            if let Err(e) = vcpu.set_boot_registers(entry, x0) {
+                self.psci.cpu_start_failed(index);
+                return self.report(ExitReason::Error(format!("vCPU {index}: {e}")));
+            }
+            self.psci.cpu_started(index);
+            match self.run_vcpu(index, &mut vcpu) {
+                Ok(None) if !self.ended.load(Ordering::SeqCst) => continue,
+                other => return self.finish(index, other),
+            }
+        }
+    }
+
+    fn finish(&self, index: usize, result: hv::Result<Option<ExitReason>>) {
+        match result {
             Ok(Some(reason)) => self.report(reason),
             Ok(None) => {}
             Err(e) => self.report(ExitReason::Error(format!("vCPU {index}: {e}"))),
         }
     }
 
-    /// The vCPU loop; `Ok(None)` when this vCPU turned itself off (PSCI CPU_OFF).
-    fn run_vcpu(
-        self: &Arc<Self>,
-        index: usize,
-        vcpu: &mut V::Vcpu,
-    ) -> hv::Result<Option<ExitReason>> {
+    /// The vCPU loop; `Ok(None)` when this vCPU turned itself off (PSCI CPU_OFF) or was
+    /// stopped.
+    fn run_vcpu(&self, index: usize, vcpu: &mut V::Vcpu) -> hv::Result<Option<ExitReason>> {
         loop {
             match vcpu.run(&self.bus)? {
                 VcpuExit::Continue => {}
@@ -325,7 +354,13 @@ impl<V: Vm> VcpuContext<V> {
                             context_id,
                         }) => {
                             vcpu.set_x0(out.x0)?;
-                            if let Err(e) = self.start_vcpu(cpu, entry, context_id) {
+                            if let Err(e) = self.send(
+                                cpu,
+                                Start::At {
+                                    entry,
+                                    x0: context_id,
+                                },
+                            ) {
                                 tracing::warn!("PSCI CPU_ON: {e}");
                                 self.psci.cpu_start_failed(cpu);
                             }
@@ -348,7 +383,6 @@ pub struct Machine<V: Vm> {
     bus: MmioBus,
     entry: u64,
     dtb: u64,
-    cpus: usize,
     /// The PL011, for the console's input thread.
     pub uart: Arc<Mutex<Pl011>>,
     /// The net devices' transports, in `--net` order.
@@ -445,7 +479,6 @@ pub fn build<V: Vm>(
         bus,
         entry: l.kernel_load,
         dtb: l.dtb.start,
-        cpus: args.cpus,
         uart,
         nets: transports,
     })
@@ -457,13 +490,14 @@ impl<V: Vm> Machine<V> {
         let seeds = self.vm.take_vcpu_seeds();
         let (tx, rx) = mpsc::channel();
         let psci = Arc::new(Psci::new(self.vm.mpidrs()));
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..seeds.len()).map(|_| mpsc::channel::<Start>()).unzip();
         let ctx = Arc::new(VcpuContext {
             vm: Arc::new(self.vm),
             bus: Arc::new(self.bus),
             psci,
-            seeds: Mutex::new(seeds.into_iter().map(Some).collect()),
+            starts: senders.into_iter().map(Mutex::new).collect(),
             exit: Mutex::new(tx.clone()),
-            running: Mutex::new(Vec::new()),
             ended: AtomicBool::new(false),
         });
         // Forward the console's quit request into the same channel.
@@ -473,31 +507,54 @@ impl<V: Vm> Machine<V> {
                 let _ = quit_tx.send(ExitReason::Quit);
             }
         });
-        // With in-kernel PSCI every vCPU thread runs from the start (secondaries wait in the
-        // kernel for CPU_ON); otherwise only the boot vCPU, the others start on CPU_ON.
-        let first = if ctx.vm.handles_psci() { self.cpus } else { 1 };
-        for i in 0..first {
-            if let Err(e) = ctx.start_vcpu(i, self.entry, self.dtb) {
-                return ExitReason::Error(e);
+        let created = Arc::new(Barrier::new(seeds.len()));
+        let mut handles = Vec::with_capacity(seeds.len());
+        for (i, (seed, starts)) in seeds.into_iter().zip(receivers).enumerate() {
+            let (c, b) = (Arc::clone(&ctx), Arc::clone(&created));
+            match thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || c.vcpu_thread(i, seed, b, starts))
+            {
+                Ok(h) => handles.push(h),
+                // The threads already started wait at the barrier forever; the process exits.
+                Err(e) => return ExitReason::Error(format!("cannot start vCPU {i}: {e}")),
             }
+        }
+        if let Err(e) = ctx.send(
+            0,
+            Start::At {
+                entry: self.entry,
+                x0: self.dtb,
+            },
+        ) {
+            return ExitReason::Error(e);
         }
         let reason = rx
             .recv()
-            .unwrap_or(ExitReason::Error("all vCPUs ended".into()));
+            .unwrap_or_else(|_| ExitReason::Error("all vCPUs ended".into()));
+        let stop_started = Instant::now();
         ctx.ended.store(true, Ordering::SeqCst);
+        for i in 0..ctx.starts.len() {
+            let _ = ctx.send(i, Start::Quit);
+        }
         // Kick every vCPU out of the guest and wait (briefly) for the threads to end.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let handles: Vec<_> =
-            std::mem::take(&mut *ctx.running.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = stop_started + Duration::from_secs(2);
         for h in handles {
             while !h.is_finished() && Instant::now() < deadline {
                 ctx.vm.stop_vcpus();
-                thread::sleep(Duration::from_millis(5));
+                thread::sleep(Duration::from_millis(1));
             }
             if h.is_finished() {
                 let _ = h.join();
+            } else {
+                tracing::warn!("a vCPU thread did not stop in time");
             }
         }
+        tracing::info!(
+            ?reason,
+            stop_ms = stop_started.elapsed().as_millis() as u64,
+            "vCPUs stopped"
+        );
         drop(self.mem);
         reason
     }

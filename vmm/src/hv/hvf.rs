@@ -119,8 +119,10 @@ pub enum HvfError {
     Busy,
     /// The VM was created but its GIC was not.
     #[error(
-        "the in-kernel GICv3 could not be created (hv_gic_create): it needs macOS 15 or later on \
-         Apple silicon"
+        "the in-kernel GICv3 could not be created (hv_gic_create) with its distributor at \
+         {:#x} and redistributors at {:#x}: it needs macOS 15 or later on Apple silicon",
+        layout::GIC_DIST_BASE,
+        layout::GIC_REDIST_BASE
     )]
     GicUnavailable(#[source] HypervisorError),
     /// The framework's GIC does not fit the memory map.
@@ -389,7 +391,9 @@ fn map_memory(mem: &GuestMemory) -> Result<Vec<(u64, usize)>> {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
             .map_err(|e| HvError::call("finding guest RAM in the VMM", io::Error::other(e)))?;
-        if ipa % HV_PAGE_SIZE != 0 || size % HV_PAGE_SIZE != 0 || (host as u64) % HV_PAGE_SIZE != 0
+        if !ipa.is_multiple_of(HV_PAGE_SIZE)
+            || !size.is_multiple_of(HV_PAGE_SIZE)
+            || !(host as u64).is_multiple_of(HV_PAGE_SIZE)
         {
             return Err(setup_error(
                 "mapping guest RAM",
@@ -656,7 +660,9 @@ impl Vcpu for HvfVcpu {
         }
         let exit = self.vcpu.get_exit_info();
         match exit.reason {
-            ExitReason::CANCELED => Ok(VcpuExit::Stopped),
+            // Only `stop_vcpus` calls hv_vcpus_exit, after setting the flag checked above; a
+            // cancel without it is spurious, and the guest simply continues.
+            ExitReason::CANCELED => Ok(VcpuExit::Continue),
             ExitReason::EXCEPTION => self.exception(
                 Esr(exit.exception.syndrome),
                 exit.exception.physical_address,

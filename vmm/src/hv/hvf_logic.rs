@@ -703,10 +703,13 @@ mod tests {
         }
     }
 
+    /// Writes a device saw: `(offset, bytes)`.
+    type Writes = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
     /// A device that answers every read with `value` and records writes.
     struct FakeDevice {
         value: u64,
-        writes: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+        writes: Writes,
     }
 
     impl MmioDevice for FakeDevice {
@@ -721,7 +724,7 @@ mod tests {
 
     const DEV_BASE: u64 = 0x0a00_0000;
 
-    fn bus_with(value: u64) -> (MmioBus, Arc<Mutex<Vec<(u64, Vec<u8>)>>>) {
+    fn bus_with(value: u64) -> (MmioBus, Writes) {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let mut bus = MmioBus::new();
         let dev = FakeDevice {
