@@ -3,7 +3,7 @@
 //! happens before the hypervisor is touched.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn vmm(args: &[&str]) -> Output {
@@ -53,10 +53,6 @@ fn fake_image(image_size: u64) -> Vec<u8> {
     h[24..32].copy_from_slice(&0b1010u64.to_le_bytes()); // LE, 4K pages, anywhere in RAM
     h[56..60].copy_from_slice(b"ARM\x64");
     h
-}
-
-fn exists(p: &str) -> bool {
-    Path::new(p).exists()
 }
 
 #[test]
@@ -152,7 +148,7 @@ fn vmnet_on_linux_says_it_needs_macos() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_tap_that_cannot_be_opened_is_named_with_the_fix() {
-    if !exists("/dev/net/tun") {
+    if !std::path::Path::new("/dev/net/tun").exists() {
         println!("SKIPPED: a_tap_that_cannot_be_opened_is_named_with_the_fix: no /dev/net/tun");
         return;
     }
