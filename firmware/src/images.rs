@@ -1,0 +1,212 @@
+//! The guest and emulated-host images.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::initramfs::Initramfs;
+use crate::modules::ModuleTree;
+use crate::{GUEST_INIT, GUEST_UDHCPC_SCRIPT, HOST_INIT, Layout, apt, bundle, deb, elf, progress};
+
+/// The metapackage that names Debian's current arm64 kernel.
+const KERNEL_METAPACKAGE: &str = "linux-image-arm64:arm64";
+const BUSYBOX_PACKAGE: &str = "busybox-static:arm64";
+/// Debian's arm64 qemu, for the `host.run=qemu` baseline.
+const QEMU_PACKAGE: &str = "qemu-system-arm:arm64";
+
+/// The guest's network modules. Their dependencies (`failover`, `net_failover`, and `virtio`,
+/// `virtio_ring` where a flavour builds those as modules) come from the modules' modinfo.
+const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_net"];
+/// The host's LAN modules (bridge pulls in `stp` and `llc`).
+const HOST_MODULES: &[&str] = &["tun", "bridge", "veth"];
+
+/// The built guest: kernel `Image` and initramfs.
+#[derive(Debug, Clone)]
+pub struct GuestImages {
+    /// The raw arm64 `Image`.
+    pub image: PathBuf,
+    /// The gzip-compressed cpio initramfs.
+    pub initramfs: PathBuf,
+    /// The kernel release, e.g. `6.1.0-56-arm64`.
+    pub kernel_release: String,
+}
+
+/// The built emulated host: kernel `Image` and initramfs (holding the guest and the vmm).
+#[derive(Debug, Clone)]
+pub struct HostImages {
+    /// The raw arm64 `Image`.
+    pub image: PathBuf,
+    /// The gzip-compressed cpio initramfs.
+    pub initramfs: PathBuf,
+    /// Whether a vmm binary is inside.
+    pub has_vmm: bool,
+}
+
+/// An unpacked Debian arm64 kernel package.
+struct Kernel {
+    release: String,
+    image: PathBuf,
+    modules: ModuleTree,
+}
+
+fn prepare_kernel(layout: &Layout) -> Result<Kernel> {
+    let package = apt::resolve_kernel_package(KERNEL_METAPACKAGE)?;
+    progress(format!("{KERNEL_METAPACKAGE} is {package}"));
+    let deb = apt::download(&package, &layout.cache())?;
+    let root = deb::unpack_cached(&deb, &layout.cache())?;
+    let boot = root.join("boot");
+    let image = fs::read_dir(&boot)
+        .with_context(|| format!("{package} has no /boot"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("{package} has no /boot/vmlinuz-*"))?;
+    let release = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("odd vmlinuz name")?
+        .to_string();
+    let modules = ModuleTree::open(&root.join("lib/modules").join(&release))?;
+    Ok(Kernel {
+        release,
+        image,
+        modules,
+    })
+}
+
+/// Copies the kernel to `dest` after checking it is a raw arm64 `Image` (magic `ARM\x64` at
+/// offset 56 of the header, `Documentation/arch/arm64/booting.rst`).
+fn install_image(src: &Path, dest: &Path) -> Result<()> {
+    let data = fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if data.get(56..60) != Some(b"ARM\x64".as_slice()) {
+        bail!(
+            "{} is not a raw arm64 Image (no ARM\\x64 magic at offset 56)",
+            src.display()
+        );
+    }
+    fs::write(dest, &data).with_context(|| format!("cannot write {}", dest.display()))
+}
+
+fn busybox(layout: &Layout) -> Result<Vec<u8>> {
+    let deb = apt::download(BUSYBOX_PACKAGE, &layout.cache())?;
+    let root = deb::unpack_cached(&deb, &layout.cache())?;
+    let path = root.join("bin/busybox");
+    fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The guest's modules: [`GUEST_MODULES`] with their dependencies, in load order.
+fn guest_initramfs(layout: &Layout, kernel: &Kernel) -> Result<Initramfs> {
+    let mut fs = Initramfs::skeleton();
+    let applets = fs.busybox(busybox(layout)?);
+    let modules = kernel.modules.load_order(GUEST_MODULES)?;
+    progress(format!(
+        "guest modules in load order: {} ({} busybox applets)",
+        names(&modules),
+        applets
+    ));
+    fs.modules(modules);
+    fs.file("/init", 0o755, GUEST_INIT);
+    fs.file("/etc/udhcpc.script", 0o755, GUEST_UDHCPC_SCRIPT);
+    Ok(fs)
+}
+
+fn names(modules: &[crate::modules::Module]) -> String {
+    modules
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `firmware guest`: writes `guest/Image` and `guest/initramfs.cpio.gz` under the layout.
+pub fn build_guest(layout: &Layout) -> Result<GuestImages> {
+    let start = Instant::now();
+    let kernel = prepare_kernel(layout)?;
+    let dir = layout.guest_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = dir.join("Image");
+    install_image(&kernel.image, &image)?;
+    let initramfs = dir.join("initramfs.cpio.gz");
+    let size = guest_initramfs(layout, &kernel)?.write_gz(&initramfs, 9)?;
+    progress(format!(
+        "guest ready in {:.1} s: {} (kernel {}), {} ({} KiB)",
+        start.elapsed().as_secs_f64(),
+        image.display(),
+        kernel.release,
+        initramfs.display(),
+        size / 1024
+    ));
+    Ok(GuestImages {
+        image,
+        initramfs,
+        kernel_release: kernel.release,
+    })
+}
+
+/// `firmware host`: writes `host/Image` and `host/initramfs.cpio.gz`, with `vmm` (a static
+/// aarch64 binary) as `/bin/vmm` and the guest as `/guest/Image` and
+/// `/guest/initramfs.cpio.gz`. Without a vmm the host still sets up the LAN and reports
+/// `VMM-EXIT code=127` for `host.run=vmm`.
+pub fn build_host(layout: &Layout, vmm: Option<&Path>, guest: &GuestImages) -> Result<HostImages> {
+    build_host_with(layout, vmm, guest, false)
+}
+
+/// [`build_host`], and with `qemu` also Debian's arm64 `qemu-system-aarch64` and its shared
+/// libraries, for `host.run=qemu` (the baseline: the same guest and tap under qemu with KVM).
+pub fn build_host_with(
+    layout: &Layout,
+    vmm: Option<&Path>,
+    guest: &GuestImages,
+    qemu: bool,
+) -> Result<HostImages> {
+    let start = Instant::now();
+    let kernel = prepare_kernel(layout)?;
+    let dir = layout.host_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = dir.join("Image");
+    install_image(&kernel.image, &image)?;
+
+    let mut fs = Initramfs::skeleton();
+    fs.busybox(busybox(layout)?);
+    let modules = kernel.modules.load_order(HOST_MODULES)?;
+    progress(format!("host modules in load order: {}", names(&modules)));
+    fs.modules(modules);
+    fs.file("/init", 0o755, HOST_INIT);
+    fs.dir("/run/netns");
+    let read = |p: &Path| fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    fs.file("/guest/Image", 0o644, read(&guest.image)?);
+    fs.file("/guest/initramfs.cpio.gz", 0o644, read(&guest.initramfs)?);
+    if let Some(vmm) = vmm {
+        let bin = read(vmm)?;
+        elf::check_static_aarch64(&bin).with_context(|| format!("{}", vmm.display()))?;
+        fs.file("/bin/vmm", 0o755, bin);
+    } else {
+        progress("no --vmm given: the host will set up its LAN but has no vmm to run");
+    }
+    if qemu {
+        for file in bundle::bundle(layout, QEMU_PACKAGE, "usr/bin/qemu-system-aarch64")? {
+            fs.file(&file.path, 0o755, file.data);
+        }
+    }
+    let initramfs = dir.join("initramfs.cpio.gz");
+    // The guest Image dominates and compresses poorly; a fast level keeps the build short.
+    let size = fs.write_gz(&initramfs, 1)?;
+    progress(format!(
+        "host ready in {:.1} s: {}, {} ({:.1} MiB)",
+        start.elapsed().as_secs_f64(),
+        image.display(),
+        initramfs.display(),
+        size as f64 / (1024.0 * 1024.0)
+    ));
+    Ok(HostImages {
+        image,
+        initramfs,
+        has_vmm: vmm.is_some(),
+    })
+}

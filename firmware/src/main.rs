@@ -1,0 +1,245 @@
+//! `firmware`: builds the guest and emulated-host images and boots them (see the library docs).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use firmware::{GuestImages, HostImages, Lan, Layout, RunOptions, RunOutcome};
+
+#[derive(Debug, Parser)]
+#[command(about = "Guest and emulated arm64 host images for vmnet-rs, and their runner")]
+struct Cli {
+    /// Output directory [default: $FIRMWARE_DIR or <workspace>/target/firmware].
+    #[arg(long, global = true)]
+    out_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build guest/Image and guest/initramfs.cpio.gz from Debian's arm64 packages.
+    Guest,
+    /// Build host/Image and host/initramfs.cpio.gz (holding the guest and the vmm).
+    Host {
+        /// The static aarch64 vmm binary to put in the host [without it the host only sets
+        /// up its LAN].
+        #[arg(long)]
+        vmm: Option<PathBuf>,
+        /// Also put Debian's arm64 qemu-system-aarch64 (and its libraries) in the host, for
+        /// `--append host.run=qemu`.
+        #[arg(long)]
+        with_qemu: bool,
+    },
+    /// Boot the emulated host under qemu-system-aarch64; exits 0 if it printed VMM-EXIT code=0.
+    RunHost {
+        /// Stop qemu after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Extra kernel parameters, e.g. "host.run=none" or "vmnet.count=10".
+        #[arg(long, default_value = "")]
+        append: String,
+    },
+    /// Boot the guest directly under qemu (TCG) on a throw-away LAN (needs root); exits 0 if
+    /// the guest reported VMNET-RESULT status=ok. Checks the guest image without the vmm.
+    RunGuest {
+        /// Stop qemu after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Extra kernel parameters, e.g. "vmnet.count=10".
+        #[arg(long, default_value = "")]
+        append: String,
+    },
+    /// Cross-build the vmm, build guest and host, boot the host: the whole demo.
+    Demo {
+        /// Stop qemu after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("firmware: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let layout = cli
+        .out_dir
+        .map(Layout::new)
+        .unwrap_or_else(Layout::default_for_workspace);
+    match cli.command {
+        Cmd::Guest => {
+            firmware::build_guest(&layout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Host { vmm, with_qemu } => {
+            let guest = existing_guest(&layout)?;
+            firmware::build_host_with(&layout, vmm.as_deref(), &guest, with_qemu)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RunHost { timeout, append } => {
+            let host = existing_host(&layout)?;
+            let opts = RunOptions {
+                timeout: Duration::from_secs(timeout),
+                append,
+                echo: true,
+            };
+            let outcome = firmware::run_host(&layout, &host, &opts)?;
+            Ok(report_host(&outcome))
+        }
+        Cmd::RunGuest { timeout, append } => {
+            let guest = existing_guest(&layout)?;
+            let lan = Lan::create()?;
+            let opts = RunOptions {
+                timeout: Duration::from_secs(timeout),
+                append,
+                echo: true,
+            };
+            let outcome = firmware::run_guest_direct(&layout, &guest, &lan, &opts)?;
+            drop(lan);
+            Ok(report_guest(&outcome))
+        }
+        Cmd::Demo { timeout } => {
+            let missing = firmware::missing_tools();
+            if !missing.is_empty() {
+                anyhow::bail!("the demo needs:\n  {}", missing.join("\n  "));
+            }
+            let vmm = firmware::build_vmm(&layout)?;
+            let guest = firmware::build_guest(&layout)?;
+            let host = firmware::build_host(&layout, Some(&vmm), &guest)?;
+            let opts = RunOptions {
+                timeout: Duration::from_secs(timeout),
+                ..RunOptions::default()
+            };
+            let outcome = firmware::run_host(&layout, &host, &opts)?;
+            Ok(report_host(&outcome))
+        }
+    }
+}
+
+fn existing_guest(layout: &Layout) -> Result<GuestImages> {
+    let dir = layout.guest_dir();
+    let guest = GuestImages {
+        image: dir.join("Image"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        kernel_release: String::new(),
+    };
+    for path in [&guest.image, &guest.initramfs] {
+        std::fs::metadata(path).with_context(|| {
+            format!("{} is missing: run `firmware guest` first", path.display())
+        })?;
+    }
+    Ok(guest)
+}
+
+fn existing_host(layout: &Layout) -> Result<HostImages> {
+    let dir = layout.host_dir();
+    let host = HostImages {
+        image: dir.join("Image"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        has_vmm: true,
+    };
+    for path in [&host.image, &host.initramfs] {
+        std::fs::metadata(path)
+            .with_context(|| format!("{} is missing: run `firmware host` first", path.display()))?;
+    }
+    Ok(host)
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+}
+
+fn print_ping(outcome: &RunOutcome) {
+    match outcome.vmnet_result() {
+        Some(r) => eprintln!(
+            "  guest result:          status={} sent={} received={} rtt min/avg/max={} ms{}",
+            r.status,
+            r.sent.map_or("-".into(), |n| n.to_string()),
+            r.received.map_or("-".into(), |n| n.to_string()),
+            r.rtt_ms
+                .map_or("-".into(), |(a, b, c)| format!("{a}/{b}/{c}")),
+            r.reason.map_or(String::new(), |r| format!(" reason={r}")),
+        ),
+        None => eprintln!("  guest result:          no VMNET-RESULT line"),
+    }
+}
+
+fn report_host(outcome: &RunOutcome) -> ExitCode {
+    let console = &outcome.console;
+    eprintln!("firmware: summary (wall time since qemu start)");
+    eprintln!(
+        "  host init:             {} (host uptime {} s)",
+        secs(outcome.first("HOST-INIT")),
+        firmware::console::uptime(console, "HOST-INIT ").map_or("-".into(), |u| u.to_string())
+    );
+    eprintln!(
+        "  host LAN ready:        {}",
+        secs(outcome.first("HOST-LAN"))
+    );
+    eprintln!(
+        "  guest kernel started:  {}",
+        secs(outcome.first("Machine model: vmnet-rs"))
+    );
+    eprintln!(
+        "  guest init:            {} (guest uptime {} s)",
+        secs(outcome.first("GUEST-INIT")),
+        firmware::console::uptime(console, "GUEST-INIT ").map_or("-".into(), |u| u.to_string())
+    );
+    print_ping(outcome);
+    eprintln!(
+        "  VMM-EXIT:              {} code={}",
+        secs(outcome.first("VMM-EXIT")),
+        outcome
+            .vmm_exit_code()
+            .map_or("-".into(), |c| c.to_string())
+    );
+    eprintln!(
+        "  total:                 {:.1} s{}",
+        outcome.elapsed.as_secs_f64(),
+        if outcome.timed_out {
+            " (timed out)"
+        } else {
+            ""
+        }
+    );
+    if outcome.vmm_exit_code() == Some(0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn report_guest(outcome: &RunOutcome) -> ExitCode {
+    eprintln!("firmware: summary (wall time since qemu start)");
+    eprintln!(
+        "  guest init:            {} (guest uptime {} s)",
+        secs(outcome.first("GUEST-INIT")),
+        firmware::console::uptime(&outcome.console, "GUEST-INIT ")
+            .map_or("-".into(), |u| u.to_string())
+    );
+    print_ping(outcome);
+    eprintln!(
+        "  total:                 {:.1} s{}",
+        outcome.elapsed.as_secs_f64(),
+        if outcome.timed_out {
+            " (timed out)"
+        } else {
+            ""
+        }
+    );
+    if outcome.vmnet_result().is_some_and(|r| r.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
