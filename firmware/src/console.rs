@@ -33,6 +33,7 @@ pub const MARKER_PATTERNS: &[&str] = &[
     "HOST-KVM",
     "HOST-LAN",
     "GUEST-INIT",
+    "GUEST-MODEL",
     " mac=",
     "VMNET-RESULT",
     "VMM-EXIT",

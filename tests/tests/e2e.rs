@@ -95,7 +95,7 @@ fn e2e_guest_pings_lan() {
         "the emulated host's LAN setup failed; console in {log}"
     );
     assert!(
-        c.contains("Machine model: vmnet-rs arm64 virt"),
+        c.contains("GUEST-MODEL model=vmnet-rs arm64 virt"),
         "the guest kernel did not start on our device tree; console in {log}"
     );
     assert!(
