@@ -17,6 +17,31 @@
 //!                                              ▼
 //!                                  interrupt Notifier.notify()
 //! ```
+//!
+//! Embedding the net device in a VMM takes a backend, a transport and a bus slot; the VMM then
+//! turns the interrupt notifier into a guest interrupt (KVM: register it as an irqfd) and
+//! describes the window as a `virtio,mmio` node in its device tree:
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use devices::bus::MmioBus;
+//! use devices::event::Notifier;
+//! use devices::net::mem::{MemBackend, MemBackendConfig};
+//! use devices::virtio::GuestMemory;
+//! use devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+//! use devices::virtio::net::{Net, NetConfig};
+//! use vm_memory::GuestAddress;
+//!
+//! let mem = GuestMemory::from_ranges(&[(GuestAddress(0x4000_0000), 64 << 20)]).unwrap();
+//! // On Linux: devices::net::tap::Tap::open("tap0"); on macOS: net::vmnet::VmnetBackend.
+//! let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
+//! let net = Net::new(Box::new(backend), NetConfig::default());
+//! let irq = Notifier::new().unwrap(); // hand a clone to the hypervisor as the device's SPI
+//! let transport = MmioTransport::new(Box::new(net), mem, irq).unwrap();
+//! let mut bus = MmioBus::new();
+//! bus.insert(0x0a00_0000, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport))).unwrap();
+//! // vCPU loop: on an MMIO exit at `addr`, call bus.read(addr, data) or bus.write(addr, data).
+//! ```
 #![cfg_attr(not(any(target_os = "linux", target_os = "macos")), allow(unused))]
 
 pub mod bus;

@@ -8,6 +8,11 @@
 //!   kernel, initrd and device tree in guest RAM, the device tree itself, the PSCI handler and
 //!   the ESR decoder the Hypervisor.framework backend needs.
 //! - [`cli`]: the command line.
+//! - [`hv`]: the hypervisor seam, with the KVM backend (arm64 Linux) and the Hypervisor.framework
+//!   backend (macOS); its portable logic (`hv::hvf_logic`) is tested everywhere.
+//! - [`machine`]: builds the machine from the command line (images, devices, device tree) and
+//!   runs the vCPU loop, the same for both hypervisors.
+//! - [`console`]: the serial console on the terminal.
 //!
 //! ```
 //! use vmm::arch::aarch64::{fdt, layout};
