@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::net::{Backend, GuestSlice, RxFrame, TxFrame, VNET_HDR_LEN};
 use crate::ratelimit::RateLimit;
@@ -91,11 +91,38 @@ pub enum ChainError {
     Oversized,
 }
 
+/// The descriptors of one chain: inline for the usual one or two, on the heap beyond, so that
+/// holding a chain costs no allocation on the hot path.
+#[derive(Debug)]
+enum Descs {
+    Inline(usize, [(GuestAddress, u32); 2]),
+    Heap(Vec<(GuestAddress, u32)>),
+}
+
+impl Descs {
+    fn from_slice(d: &[(GuestAddress, u32)]) -> Self {
+        if d.len() <= 2 {
+            let mut a = [(GuestAddress(0), 0); 2];
+            a[..d.len()].copy_from_slice(d);
+            Self::Inline(d.len(), a)
+        } else {
+            Self::Heap(d.to_vec())
+        }
+    }
+
+    fn as_slice(&self) -> &[(GuestAddress, u32)] {
+        match self {
+            Self::Inline(n, a) => &a[..*n],
+            Self::Heap(v) => v,
+        }
+    }
+}
+
 /// One RX chain held by the device: popped from the avail ring, not yet used.
 #[derive(Debug)]
 struct RxChain {
     head: u16,
-    descs: Vec<(GuestAddress, u32)>,
+    descs: Descs,
     cap: usize,
 }
 
@@ -172,21 +199,28 @@ fn push_slices<'m>(
 fn write_across(
     mem: &GuestMemory,
     descs: &[(GuestAddress, u32)],
-    offset: usize,
+    mut offset: usize,
     bytes: &[u8],
 ) -> Result<(), ChainError> {
-    let mut slices = Vec::with_capacity(4);
-    push_slices(mem, descs, offset, &mut slices)?;
     let mut rest = bytes;
-    for s in slices {
+    for &(addr, len) in descs {
         if rest.is_empty() {
             break;
         }
-        let n = rest.len().min(s.len());
-        s.subslice(0, n)
-            .map_err(|_| ChainError::OutsideMemory)?
-            .copy_from(&rest[..n]);
+        let len = len as usize;
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = rest.len().min(len - offset);
+        let at = addr
+            .0
+            .checked_add(offset as u64)
+            .ok_or(ChainError::OutsideMemory)?;
+        mem.write_slice(&rest[..n], GuestAddress(at))
+            .map_err(|_| ChainError::OutsideMemory)?;
         rest = &rest[n..];
+        offset = 0;
     }
     if rest.is_empty() {
         Ok(())
@@ -374,8 +408,8 @@ impl DataPath {
         };
         while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let mut descs = Vec::with_capacity(4);
-            let res = collect_chain(chain, true, mem, &mut descs).and_then(|cap| {
+            self.descs.clear();
+            let res = collect_chain(chain, true, mem, &mut self.descs).and_then(|cap| {
                 // The first chain of a frame must at least hold the header; with mergeable
                 // buffers any chain may be first.
                 if cap < min_room {
@@ -385,7 +419,11 @@ impl DataPath {
                 }
             });
             match res {
-                Ok(cap) => self.stash.push_back(RxChain { head, descs, cap }),
+                Ok(cap) => self.stash.push_back(RxChain {
+                    head,
+                    descs: Descs::from_slice(&self.descs),
+                    cap,
+                }),
                 Err(err) => {
                     self.refuse_chain("rx", head, err);
                     if let Err(e) = self.rx.add_used(mem, head, 0) {
@@ -460,7 +498,7 @@ impl DataPath {
                 let s = slices.len();
                 for (k, chain) in self.stash.range(first..first + count).enumerate() {
                     let skip = if k == 0 { hdr_skip } else { 0 };
-                    let _ = push_slices(mem, &chain.descs, skip, &mut slices);
+                    let _ = push_slices(mem, chain.descs.as_slice(), skip, &mut slices);
                 }
                 ranges.push(s..slices.len());
             }
@@ -484,60 +522,57 @@ impl DataPath {
             drop(slices);
 
             // Hand out used chains; keep the rest, in order, for the next frames.
-            let mut keep: VecDeque<RxChain> = VecDeque::with_capacity(self.stash.len());
-            let mut taken = 0;
+            let mut stash = std::mem::take(&mut self.stash);
+            let mut keep: VecDeque<RxChain> = VecDeque::with_capacity(stash.len());
             let mut delivered = 0;
-            for (&(first, count), &len) in plan.iter().zip(&lens) {
-                // Chains between planned frames cannot exist: plans are contiguous.
-                debug_assert_eq!(first, taken);
-                let chains: Vec<RxChain> = self.stash.drain(..count).collect();
-                taken += count;
+            for (&(_, count), &len) in plan.iter().zip(&lens) {
                 if len <= VNET_HDR_LEN {
-                    keep.extend(chains);
+                    keep.extend(stash.drain(..count));
                     continue;
                 }
-                let mut remaining = len;
+                // How many chains the frame fills, and num_buffers in its header.
                 let mut used = 0usize;
-                for c in &chains {
-                    if remaining == 0 {
+                let mut covered = 0usize;
+                for c in stash.range(..count) {
+                    if covered >= len {
                         break;
                     }
-                    remaining -= remaining.min(c.cap);
+                    covered += c.cap;
                     used += 1;
                 }
-                let mut hdr = [0u8; VNET_HDR_LEN];
-                let first_descs = &chains[0].descs;
-                let written = if hdr_skip == VNET_HDR_LEN {
-                    hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&(used as u16).to_le_bytes());
-                    write_across(mem, first_descs, 0, &hdr)
-                } else {
-                    write_across(
-                        mem,
-                        first_descs,
-                        NUM_BUFFERS_OFFSET,
-                        &(used as u16).to_le_bytes(),
-                    )
-                };
-                if let Err(err) = written {
-                    self.refuse_chain("rx", chains[0].head, err);
-                }
-                let mut remaining = len;
-                let mut it = chains.into_iter();
-                for c in it.by_ref().take(used) {
-                    let n = remaining.min(c.cap);
-                    remaining -= n;
-                    if let Err(e) = self.rx.add_used(mem, c.head, n as u32) {
-                        self.queue_error("rx", e);
+                let first = stash.front().map(|c| (c.head, c.descs.as_slice()));
+                if let Some((head, descs)) = first {
+                    let num_buffers = (used as u16).to_le_bytes();
+                    let written = if hdr_skip == VNET_HDR_LEN {
+                        let mut hdr = [0u8; VNET_HDR_LEN];
+                        hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&num_buffers);
+                        write_across(mem, descs, 0, &hdr)
+                    } else {
+                        write_across(mem, descs, NUM_BUFFERS_OFFSET, &num_buffers)
+                    };
+                    if let Err(err) = written {
+                        self.refuse_chain("rx", head, err);
                     }
                 }
-                keep.extend(it);
+                let mut remaining = len;
+                for (k, c) in stash.drain(..count).enumerate() {
+                    if k < used {
+                        let n = remaining.min(c.cap);
+                        remaining -= n;
+                        if let Err(e) = self.rx.add_used(mem, c.head, n as u32) {
+                            self.queue_error("rx", e);
+                        }
+                    } else {
+                        keep.push_back(c);
+                    }
+                }
                 delivered += 1;
                 add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
             }
             used_any |= delivered > 0;
             add(&self.metrics.rx_frames, delivered);
             // Unfilled frames' chains, then whatever was not planned, stay stashed in order.
-            keep.extend(self.stash.drain(..));
+            keep.extend(stash.drain(..));
             self.stash = keep;
             if got < plan.len() {
                 break;
