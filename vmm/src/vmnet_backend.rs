@@ -20,9 +20,15 @@ pub fn options(spec: &NetSpec) -> Option<vmnet::Options> {
     }
 }
 
-/// Starts the vmnet interface for `spec`.
+/// Starts the vmnet interface for `spec`: with the virtio-net header and TSO (macOS 15.4 and
+/// later: checksum and segmentation offload end to end), or without offloads where the system
+/// does not know the header.
 pub fn open(spec: &NetSpec) -> Result<Box<dyn Backend>, Box<dyn std::error::Error + Send + Sync>> {
     let opts = options(spec).ok_or("not a vmnet network")?;
-    let backend = VmnetBackend::start(&opts, START_TIMEOUT)?;
-    Ok(Box::new(backend))
+    match VmnetBackend::start(&opts.clone().virtio_header(true).tso(true), START_TIMEOUT) {
+        Ok(b) => return Ok(Box::new(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
+        Err(e) => tracing::info!(error = %e, "vmnet offloads unavailable; starting without"),
+    }
+    Ok(Box::new(VmnetBackend::start(&opts, START_TIMEOUT)?))
 }

@@ -403,9 +403,16 @@ pub enum OptionsError {
         /// The prefix.
         prefix: Ipv6Addr,
     },
-    /// TSO without checksum offload.
-    #[error("TCP segmentation offload needs checksum offload too")]
+    /// TSO with no way to express partial checksums.
+    #[error(
+        "TCP segmentation offload needs checksum offload, or the virtio-net header that carries it"
+    )]
     TsoWithoutChecksumOffload,
+    /// Both the virtio-net header and vmnet's checksum offload: Apple's documentation of
+    /// `vmnet_enable_virtio_header_key` forbids the combination (the header carries the checksum
+    /// state itself).
+    #[error("the virtio-net header and checksum offload cannot be enabled together")]
+    VirtioHeaderWithChecksumOffload,
     /// An option that belongs to the network, given for an interface joining a network.
     #[error("{key} is a property of the network, not of an interface started on it")]
     NotForNetworkInterface {
@@ -789,7 +796,15 @@ impl Options {
                 return Err(OptionsError::Nat66NotUla { prefix });
             }
         }
-        if self.tso_enabled() && !self.checksum_offload_enabled() {
+        self.validate_offloads()?;
+        Ok(())
+    }
+
+    fn validate_offloads(&self) -> Result<(), OptionsError> {
+        if self.virtio_header_enabled() && self.checksum_offload_enabled() {
+            return Err(OptionsError::VirtioHeaderWithChecksumOffload);
+        }
+        if self.tso_enabled() && !self.checksum_offload_enabled() && !self.virtio_header_enabled() {
             return Err(OptionsError::TsoWithoutChecksumOffload);
         }
         Ok(())
@@ -867,9 +882,7 @@ impl Options {
         if let Some((_, key)) = network_keys.iter().find(|(set, _)| *set) {
             return Err(OptionsError::NotForNetworkInterface { key: key.c_name() });
         }
-        if self.tso_enabled() && !self.checksum_offload_enabled() {
-            return Err(OptionsError::TsoWithoutChecksumOffload);
-        }
+        self.validate_offloads()?;
         let mut d = Vec::new();
         self.push_interface_entries(&mut d);
         if let Some(iso) = self.isolation {
@@ -1288,6 +1301,28 @@ mod tests {
             Err(OptionsError::TsoWithoutChecksumOffload)
         );
         assert!(Options::shared().tso(false).validate().is_ok());
+    }
+
+    #[test]
+    fn tso_with_the_virtio_header_is_accepted() {
+        assert!(
+            Options::shared()
+                .virtio_header(true)
+                .tso(true)
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_virtio_header_excludes_checksum_offload() {
+        assert_eq!(
+            Options::shared()
+                .virtio_header(true)
+                .checksum_offload(true)
+                .validate(),
+            Err(OptionsError::VirtioHeaderWithChecksumOffload)
+        );
     }
 
     #[test]

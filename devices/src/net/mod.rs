@@ -45,6 +45,50 @@ impl Offloads {
     };
 }
 
+/// The offloads of a backend whose own offload switches are set when it starts (vmnet): with a
+/// virtio-net header the frames may carry partial checksums, and TSO segments when `tso` is on;
+/// without the header no offload can be described to the guest, so checksum offload or TSO
+/// without it is refused. Returns `None` for a header-less backend.
+pub fn header_offloads(
+    virtio_header: bool,
+    tso: bool,
+    checksum_offload: bool,
+) -> Result<Option<Offloads>, &'static str> {
+    match (virtio_header, tso, checksum_offload) {
+        (true, _, true) => Err(
+            "vmnet's checksum offload cannot be combined with the virtio-net header: the header carries checksum state itself",
+        ),
+        (true, tso, false) => Ok(Some(Offloads {
+            csum: true,
+            tso4: tso,
+            tso6: tso,
+        })),
+        (false, false, false) => Ok(None),
+        (false, _, _) => Err(
+            "without the virtio-net header (vmnet's virtio-header mode), TSO and checksum offload cannot be passed to the guest",
+        ),
+    }
+}
+
+/// Checks that a guest accepted every receive offload of a backend that cannot turn them off
+/// (vmnet fixes them when the interface starts).
+pub fn fixed_rx_offloads(backend: Offloads, guest: Offloads) -> Result<(), String> {
+    let missing = [
+        (backend.csum && !guest.csum, "GUEST_CSUM"),
+        (backend.tso4 && !guest.tso4, "GUEST_TSO4"),
+        (backend.tso6 && !guest.tso6, "GUEST_TSO6"),
+    ];
+    let missing: Vec<&str> = missing.iter().filter(|m| m.0).map(|m| m.1).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the guest declined {}, which the backend delivers and cannot turn off: start it without those offloads",
+            missing.join(", ")
+        ))
+    }
+}
+
 /// What a backend is and can do; read once when the device is created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendInfo {
@@ -138,5 +182,51 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         (**self).set_rx_offloads(offloads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_virtio_header_brings_checksum_offload_and_tso_when_asked() {
+        let o = header_offloads(true, true, false).unwrap().unwrap();
+        assert!(o.csum && o.tso4 && o.tso6);
+        let o = header_offloads(true, false, false).unwrap().unwrap();
+        assert!(o.csum && !o.tso4 && !o.tso6);
+    }
+
+    #[test]
+    fn offloads_without_the_header_are_refused() {
+        assert!(header_offloads(false, true, false).is_err());
+        assert!(header_offloads(false, false, true).is_err());
+        assert_eq!(header_offloads(false, false, false), Ok(None));
+    }
+
+    #[test]
+    fn header_and_checksum_offload_together_are_refused() {
+        assert!(header_offloads(true, false, true).is_err());
+    }
+
+    #[test]
+    fn a_guest_declining_fixed_offloads_is_told_which() {
+        let all = Offloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+        };
+        assert!(fixed_rx_offloads(all, all).is_ok());
+        assert!(fixed_rx_offloads(Offloads::NONE, Offloads::NONE).is_ok());
+        let e = fixed_rx_offloads(
+            all,
+            Offloads {
+                csum: true,
+                tso4: false,
+                tso6: true,
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("GUEST_TSO4") && !e.contains("GUEST_TSO6"), "{e}");
     }
 }

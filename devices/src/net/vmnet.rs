@@ -9,11 +9,15 @@
 //! `vmnet_write`, and falls back to copying each packet into one contiguous buffer when the
 //! system refuses multi-iovec packets (the `vmnet` crate remembers that per interface).
 //!
-//! vmnet frames carry no virtio-net header, so [`BackendInfo::vnet_hdr`] is false and no offload
-//! is offered: a TSO or partially checksummed frame could not be described to the guest. vmnet's
-//! own TSO and checksum offload are therefore refused here; they map to virtio-net's
-//! `CSUM`/`GUEST_CSUM`/`*_TSO*` features only through vmnet's virtio-header mode (macOS 15.4),
-//! which this backend does not use yet.
+//! Offloads: by default vmnet frames carry no virtio-net header, so [`BackendInfo::vnet_hdr`] is
+//! false and no offload is offered (a TSO or partially checksummed frame could not be described
+//! to the guest). With vmnet's virtio-header mode (`vmnet_enable_virtio_header_key`, macOS 15.4;
+//! Apple documents it as a 12-byte virtio-net header on every packet, not to be combined with
+//! `vmnet_enable_checksum_offload_key`) the header passes untouched between the guest's queues
+//! and vmnet: the backend reports `vnet_hdr` with checksum offload, and TSO when
+//! `vmnet_enable_tso_key` is set too, so the device offers `CSUM`/`GUEST_CSUM` and
+//! `HOST_TSO4/6`/`GUEST_TSO4/6`. vmnet cannot change offloads on a running interface, so a guest
+//! that declines offloads the interface was started with fails activation with a clear error.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -45,6 +49,16 @@ fn to_io(e: vmnet::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// The offloads frames will carry with `options`: `None` without the virtio-net header.
+fn offloads_for(options: &Options) -> io::Result<Option<Offloads>> {
+    super::header_offloads(
+        options.virtio_header_enabled(),
+        options.tso_enabled(),
+        options.checksum_offload_enabled(),
+    )
+    .map_err(|m| io::Error::new(io::ErrorKind::Unsupported, m))
+}
+
 /// A [`Backend`] on a vmnet interface.
 #[derive(Debug)]
 pub struct VmnetBackend {
@@ -61,8 +75,9 @@ pub struct VmnetBackend {
 impl VmnetBackend {
     /// Starts a vmnet interface with `options` and wraps it.
     ///
-    /// Options asking for TSO, checksum offload or the virtio-net header are refused (see the
-    /// module documentation).
+    /// With `virtio_header(true)` (and optionally `tso(true)`) frames carry the virtio-net header
+    /// and offloads reach the guest; vmnet's header-less checksum offload, and TSO without the
+    /// header, are refused (see the module documentation).
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -71,18 +86,9 @@ impl VmnetBackend {
     /// ```
     /// The `vmnet::Error` (with its advice) is the `io::Error`'s inner error.
     pub fn start(options: &Options, timeout: Duration) -> io::Result<Self> {
-        if options.tso_enabled()
-            || options.checksum_offload_enabled()
-            || options.virtio_header_enabled()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the vmnet backend carries no virtio-net header: vmnet's TSO, checksum offload \
-                 and virtio-header options cannot be passed to the guest",
-            ));
-        }
+        let offloads = offloads_for(options)?;
         let iface = Interface::start(options, timeout).map_err(to_io)?;
-        Self::from_interface(iface)
+        Self::with_offloads(iface, offloads)
     }
 
     /// Wraps a started interface: its event callback now fires this backend's notifier.
@@ -93,6 +99,12 @@ impl VmnetBackend {
     /// # Ok(()) }
     /// ```
     pub fn from_interface(iface: Interface) -> io::Result<Self> {
+        Self::with_offloads(iface, None)
+    }
+
+    /// Wraps a started interface; `offloads` is `Some` when it was started in virtio-header
+    /// mode (frames carry the 12-byte virtio-net header) with those offloads.
+    fn with_offloads(iface: Interface, offloads: Option<Offloads>) -> io::Result<Self> {
         let notifier = Notifier::new()?;
         let fire = notifier.try_clone()?;
         iface.set_event_callback(move |ev| {
@@ -106,8 +118,8 @@ impl VmnetBackend {
         notifier.notify()?;
         let p = iface.params();
         let info = BackendInfo {
-            vnet_hdr: false,
-            offloads: Offloads::NONE,
+            vnet_hdr: offloads.is_some(),
+            offloads: offloads.unwrap_or(Offloads::NONE),
             mtu: u16::try_from(p.mtu).ok(),
             mac: p.mac,
             max_frame_len: p.max_packet_size,
@@ -247,8 +259,9 @@ impl Backend for VmnetBackend {
         })
     }
 
-    fn set_rx_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
-        // No offload is offered (no virtio-net header), so the guest can accept nothing more.
-        Ok(())
+    fn set_rx_offloads(&mut self, guest: Offloads) -> io::Result<()> {
+        // vmnet fixes offloads when the interface starts: the guest must take what it produces.
+        super::fixed_rx_offloads(self.info.offloads, guest)
+            .map_err(|m| io::Error::new(io::ErrorKind::Unsupported, m))
     }
 }

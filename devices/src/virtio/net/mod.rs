@@ -139,8 +139,18 @@ fn path_config(info: &BackendInfo, acked: u64) -> PathConfig {
     PathConfig {
         backend_vnet_hdr: info.vnet_hdr,
         mrg_rxbuf: has(vnet::VIRTIO_NET_F_MRG_RXBUF),
-        rx_room: VNET_HDR_LEN + if guest_gso { MAX_GSO_FRAME } else { base_frame },
-        tx_max: VNET_HDR_LEN + if host_gso { MAX_GSO_FRAME } else { base_frame },
+        rx_room: VNET_HDR_LEN
+            + if guest_gso {
+                MAX_GSO_FRAME.max(base_frame)
+            } else {
+                base_frame
+            },
+        tx_max: VNET_HDR_LEN
+            + if host_gso {
+                MAX_GSO_FRAME.max(base_frame)
+            } else {
+                base_frame
+            },
         rx_batch: info.rx_batch.clamp(1, 256),
         tx_batch: info.tx_batch.clamp(1, 256),
     }
