@@ -364,7 +364,9 @@ fn send_through(
 fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin() {
     let _guard = alongside_others();
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: tap_deleted_while_the_guest_sends: {reason}");
+        println!(
+            "SKIPPED: tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin: {reason}"
+        );
         return;
     }
     let (lan, tap) = Lan::build("del");
@@ -382,8 +384,9 @@ fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does
     let (sent, mut used) = send_through(&mut r, echo, &mut delete, 200);
     used += r.wait_tx_used((sent - used) as usize) as u64;
 
-    assert_eq!(used, sent, "every TX buffer comes back to the guest");
     let d = r.counts().since(before);
+    println!("after the deletion: sent {sent}, {d:?}");
+    assert_eq!(used, sent, "every TX buffer comes back to the guest");
     assert_eq!(
         d.tx_frames + d.tx_dropped,
         sent,
@@ -393,7 +396,6 @@ fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does
         d.tx_dropped >= 200,
         "the frames sent after the deletion are dropped: {d:?}"
     );
-    println!("after the deletion: sent {sent}, {d:?}");
     assert!(
         d.tx_errors > 0,
         "the backend's send errors are counted: {d:?}"
@@ -412,7 +414,9 @@ fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does
 fn tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_is_up() {
     let _guard = alongside_others();
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: tap_set_down_while_the_guest_sends: {reason}");
+        println!(
+            "SKIPPED: tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_is_up: {reason}"
+        );
         return;
     }
     let (lan, tap) = Lan::build("dwn");
@@ -429,14 +433,14 @@ fn tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_i
         .expect("run ip link set down");
     let (sent, mut used) = send_through(&mut r, echo, &mut down, 200);
     used += r.wait_tx_used((sent - used) as usize) as u64;
-    assert_eq!(used, sent, "every TX buffer comes back to the guest");
     let d = r.counts().since(before);
+    println!("while the TAP is down: sent {sent}, {d:?}");
+    assert_eq!(used, sent, "every TX buffer comes back to the guest");
     assert_eq!(
         d.tx_frames + d.tx_dropped,
         sent,
         "every frame is sent or counted as dropped: {d:?}"
     );
-    println!("while the TAP is down: sent {sent}, {d:?}");
     assert!(
         d.tx_dropped >= 200,
         "the frames sent while the TAP is down are counted as dropped: {d:?}"

@@ -459,8 +459,8 @@ impl DataPath {
     }
 
     /// Delivers pending backend frames into the guest's RX buffers until the backend has no
-    /// more or the guest has no room left.
-    pub fn process_rx(&mut self, backend: &mut dyn Backend) {
+    /// more, the guest has no room left, or the backend fails.
+    pub fn process_rx(&mut self, backend: &mut dyn Backend) -> RxEnd {
         let mem_arc = Arc::clone(&self.mem);
         let mem: &GuestMemory = &mem_arc;
         let hdr_skip = if self.cfg.backend_vnet_hdr {
@@ -470,10 +470,11 @@ impl DataPath {
         };
         let batch = self.cfg.rx_batch.max(1);
         let mut used_any = false;
+        let mut end = RxEnd::Drained;
         loop {
             if let Err(e) = self.rx.disable_notification(mem) {
                 self.queue_error("rx", e);
-                return;
+                return RxEnd::NoBuffers;
             }
             self.refill_stash(mem);
             let plan = self.plan_frames(batch);
@@ -484,10 +485,12 @@ impl DataPath {
                     Ok(true) => continue,
                     Ok(false) => {
                         add(&self.metrics.rx_no_buffers, 1);
+                        end = RxEnd::NoBuffers;
                         break;
                     }
                     Err(e) => {
                         self.queue_error("rx", e);
+                        end = RxEnd::NoBuffers;
                         break;
                     }
                 }
@@ -514,6 +517,7 @@ impl DataPath {
                 Err(e) => {
                     add(&self.metrics.rx_errors, 1);
                     warn_limited!(self.log, error = %e, "virtio-net: backend receive failed");
+                    end = RxEnd::BackendError;
                     0
                 }
             };
@@ -581,7 +585,20 @@ impl DataPath {
         if used_any && self.rx.needs_notification(mem).unwrap_or(true) {
             self.signal();
         }
+        end
     }
+}
+
+/// How [`DataPath::process_rx`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxEnd {
+    /// The backend had no more frames.
+    Drained,
+    /// The guest has no room: the driver's next RX kick resumes.
+    NoBuffers,
+    /// The backend failed: frames may still be waiting and no readiness edge will announce
+    /// them again, so the caller retries later.
+    BackendError,
 }
 
 #[cfg(test)]

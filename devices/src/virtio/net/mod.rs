@@ -17,7 +17,7 @@ use crate::net::{Backend, BackendInfo, Offloads, VNET_HDR_LEN};
 mod datapath;
 mod worker;
 
-pub use datapath::{ChainError, DataPath, NetMetrics, PathConfig};
+pub use datapath::{ChainError, DataPath, NetMetrics, PathConfig, RxEnd};
 
 /// The virtio device ID of a network card.
 pub const DEVICE_ID_NET: u32 = 1;

@@ -8,8 +8,9 @@
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use super::datapath::DataPath;
+use super::datapath::{DataPath, RxEnd};
 use crate::event::{Event, Notifier, Poller, Token};
 use crate::net::Backend;
 
@@ -17,6 +18,20 @@ const TX_KICK: Token = Token(0);
 const RX_KICK: Token = Token(1);
 const BACKEND: Token = Token(2);
 const STOP: Token = Token(3);
+
+/// First and longest wait before receiving again after a backend error.
+const RX_RETRY_MIN: Duration = Duration::from_millis(10);
+const RX_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// After a failed receive, frames may wait in the backend with no new readiness edge to
+/// announce them: retry after a delay that doubles while the errors last (a deleted TAP costs
+/// one wake-up a second), and forget it once a receive works.
+fn next_retry(end: RxEnd, current: Option<Duration>) -> Option<Duration> {
+    match end {
+        RxEnd::BackendError => Some(current.map_or(RX_RETRY_MIN, |d| (d * 2).min(RX_RETRY_MAX))),
+        RxEnd::Drained | RxEnd::NoBuffers => None,
+    }
+}
 
 /// A running worker thread.
 #[derive(Debug)]
@@ -92,14 +107,15 @@ fn run(
     // Work may be pending from before the thread existed: kicks the transport consumed on
     // reset are gone, but buffers and frames are not.
     path.process_tx(backend);
-    path.process_rx(backend);
+    let mut rx_retry = next_retry(path.process_rx(backend), None);
     let mut events: Vec<Event> = Vec::with_capacity(8);
     loop {
-        if let Err(e) = poller.wait(&mut events, None) {
+        if let Err(e) = poller.wait(&mut events, rx_retry) {
             tracing::error!(error = %e, "virtio-net: poller failed; worker stops");
             return;
         }
-        let (mut tx, mut rx) = (false, false);
+        // A timeout is the retry after a receive error.
+        let (mut tx, mut rx) = (false, events.is_empty() && rx_retry.is_some());
         for ev in &events {
             match ev.token {
                 STOP => {
@@ -123,7 +139,30 @@ fn run(
             path.process_tx(backend);
         }
         if rx {
-            path.process_rx(backend);
+            rx_retry = next_retry(path.process_rx(backend), rx_retry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_errors_back_off_from_10_ms_to_1_s() {
+        let mut d = None;
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            d = next_retry(RxEnd::BackendError, d);
+            seen.push(d.unwrap().as_millis());
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
+    #[test]
+    fn a_working_receive_clears_the_retry() {
+        let d = Some(Duration::from_millis(80));
+        assert_eq!(next_retry(RxEnd::Drained, d), None);
+        assert_eq!(next_retry(RxEnd::NoBuffers, d), None);
     }
 }
