@@ -559,3 +559,317 @@ impl<V: Vm> Machine<V> {
         reason
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The machine on a scripted hypervisor: device wiring, the device tree, and the vCPU loop
+    //! with PSCI in the VMM (the Hypervisor.framework shape) and in the hypervisor (KVM's).
+
+    use super::*;
+    use std::collections::{HashMap, VecDeque};
+    use std::io::Write;
+
+    use devices::irq::IrqLine;
+
+    use crate::arch::aarch64::psci::{CPU_ON_64, PSCI_VERSION, SYSTEM_OFF};
+
+    /// What the fake hypervisor saw.
+    #[derive(Default)]
+    struct Seen {
+        irqs: Vec<u32>,
+        notifies: Vec<(u64, u32)>,
+        boot: Vec<(usize, u64, u64)>,
+        x0: Vec<(usize, u64)>,
+    }
+
+    struct FakeVm {
+        psci_in_hv: bool,
+        cpus: usize,
+        scripts: Mutex<HashMap<usize, VecDeque<VcpuExit>>>,
+        seen: Arc<Mutex<Seen>>,
+        stop: Arc<AtomicBool>,
+    }
+
+    struct FakeVcpu {
+        index: usize,
+        script: VecDeque<VcpuExit>,
+        seen: Arc<Mutex<Seen>>,
+        stop: Arc<AtomicBool>,
+    }
+
+    struct NoLine;
+    impl IrqLine for NoLine {
+        fn set_level(&self, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Vcpu for FakeVcpu {
+        fn run(&mut self, _bus: &MmioBus) -> hv::Result<VcpuExit> {
+            if let Some(e) = self.script.pop_front() {
+                return Ok(e);
+            }
+            // Nothing scripted: idle like a vCPU in WFI until stopped.
+            while !self.stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(VcpuExit::Stopped)
+        }
+        fn set_x0(&mut self, value: u64) -> hv::Result<()> {
+            self.seen.lock().unwrap().x0.push((self.index, value));
+            Ok(())
+        }
+        fn set_boot_registers(&mut self, entry: u64, x0: u64) -> hv::Result<()> {
+            self.seen.lock().unwrap().boot.push((self.index, entry, x0));
+            Ok(())
+        }
+    }
+
+    impl Vm for FakeVm {
+        type VcpuSeed = usize;
+        type Vcpu = FakeVcpu;
+        fn handles_psci(&self) -> bool {
+            self.psci_in_hv
+        }
+        fn mpidrs(&self) -> Vec<u64> {
+            (0..self.cpus).map(layout::mpidr_affinity).collect()
+        }
+        fn take_vcpu_seeds(&mut self) -> Vec<usize> {
+            (0..self.cpus).collect()
+        }
+        fn create_vcpu(&self, index: usize) -> hv::Result<FakeVcpu> {
+            let script = self
+                .scripts
+                .lock()
+                .unwrap()
+                .remove(&index)
+                .unwrap_or_default();
+            Ok(FakeVcpu {
+                index,
+                script,
+                seen: Arc::clone(&self.seen),
+                stop: Arc::clone(&self.stop),
+            })
+        }
+        fn connect_irq(&self, _: &Notifier, spi: u32) -> hv::Result<()> {
+            self.seen.lock().unwrap().irqs.push(spi);
+            Ok(())
+        }
+        fn irq_line(&self, _: u32) -> Arc<dyn IrqLine> {
+            Arc::new(NoLine)
+        }
+        fn connect_queue_notify(&self, _: &Notifier, addr: u64, queue: u32) -> hv::Result<bool> {
+            self.seen.lock().unwrap().notifies.push((addr, queue));
+            Ok(true)
+        }
+        fn stop_vcpus(&self) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    struct Files(PathBuf);
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file with a valid arm64 Image header reserving 8 MiB.
+    fn kernel(tag: &str) -> (Files, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vmm-machine-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = vec![0u8; 4096];
+        h[16..24].copy_from_slice(&(8u64 << 20).to_le_bytes());
+        h[24..32].copy_from_slice(&0b1010u64.to_le_bytes());
+        h[56..60].copy_from_slice(b"ARM\x64");
+        let path = dir.join("Image");
+        std::fs::File::create(&path).unwrap().write_all(&h).unwrap();
+        (Files(dir), path)
+    }
+
+    fn args(kernel: &Path, cpus: usize) -> Args {
+        use clap::Parser;
+        Args::parse_from([
+            "vmm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--cpus",
+            &cpus.to_string(),
+        ])
+    }
+
+    fn fake(psci_in_hv: bool, cpus: usize, scripts: Vec<(usize, Vec<VcpuExit>)>) -> FakeVm {
+        FakeVm {
+            psci_in_hv,
+            cpus,
+            scripts: Mutex::new(
+                scripts
+                    .into_iter()
+                    .map(|(i, s)| (i, s.into_iter().collect()))
+                    .collect(),
+            ),
+            seen: Arc::default(),
+            stop: Arc::default(),
+        }
+    }
+
+    fn run(vm: FakeVm, cpus: usize, tag: &str) -> (ExitReason, Arc<Mutex<Seen>>) {
+        let (_files, k) = kernel(tag);
+        let seen = Arc::clone(&vm.seen);
+        let machine = build(&args(&k, cpus), Box::new(std::io::sink()), |_, _| Ok(vm)).unwrap();
+        let (_quit_tx, quit_rx) = mpsc::channel();
+        (machine.run(quit_rx), seen)
+    }
+
+    fn hvc(x0: u32, args: [u64; 3]) -> VcpuExit {
+        VcpuExit::Hypercall {
+            x0: u64::from(x0),
+            args,
+        }
+    }
+
+    #[test]
+    fn the_boot_vcpu_starts_at_the_kernel_with_the_device_tree_in_x0() {
+        let vm = fake(true, 1, vec![(0, vec![VcpuExit::SystemOff])]);
+        let (reason, seen) = run(vm, 1, "boot");
+        assert_eq!(reason, ExitReason::PowerOff);
+        let seen = seen.lock().unwrap();
+        let (cpu, entry, dtb) = seen.boot[0];
+        assert_eq!((cpu, entry), (0, layout::RAM_BASE));
+        assert!(
+            dtb > entry && dtb < layout::RAM_BASE + (64 << 20),
+            "dtb at {dtb:#x}"
+        );
+    }
+
+    #[test]
+    fn psci_in_the_vmm_starts_a_secondary_at_the_cpu_on_entry() {
+        let mpidr1 = layout::mpidr_affinity(1);
+        let vm = fake(
+            false,
+            2,
+            vec![
+                (
+                    0,
+                    vec![
+                        hvc(PSCI_VERSION, [0; 3]),
+                        hvc(CPU_ON_64, [mpidr1, 0x4010_0000, 0xabcd]),
+                    ],
+                ),
+                (1, vec![hvc(SYSTEM_OFF, [0; 3])]),
+            ],
+        );
+        let (reason, seen) = run(vm, 2, "cpuon");
+        assert_eq!(reason, ExitReason::PowerOff);
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.boot.contains(&(1, 0x4010_0000, 0xabcd)),
+            "{:?}",
+            seen.boot
+        );
+        // PSCI_VERSION answered 1.0, CPU_ON answered SUCCESS (0).
+        assert_eq!(seen.x0[..2], [(0, 0x1_0000), (0, 0)]);
+    }
+
+    #[test]
+    fn with_psci_in_the_hypervisor_only_the_boot_vcpu_gets_registers() {
+        let vm = fake(true, 3, vec![(2, vec![VcpuExit::SystemReset])]);
+        let (reason, seen) = run(vm, 3, "kvmpsci");
+        assert_eq!(reason, ExitReason::Reset);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.boot.len(), 1);
+        assert_eq!(seen.boot[0].0, 0);
+    }
+
+    #[test]
+    fn a_crash_reported_by_the_hypervisor_ends_the_machine() {
+        let vm = fake(true, 1, vec![(0, vec![VcpuExit::Crash])]);
+        assert_eq!(run(vm, 1, "crash").0, ExitReason::Crash);
+    }
+
+    #[test]
+    fn exit_codes_tell_power_off_from_reset_crash_quit_and_error() {
+        let codes: Vec<i32> = [
+            ExitReason::PowerOff,
+            ExitReason::Reset,
+            ExitReason::Crash,
+            ExitReason::Quit,
+            ExitReason::Error("x".into()),
+        ]
+        .iter()
+        .map(ExitReason::code)
+        .collect();
+        assert_eq!(codes, [0, 2, 3, 130, 1]);
+    }
+
+    #[test]
+    fn user_quit_stops_an_idle_guest() {
+        let vm = fake(true, 2, vec![]);
+        let (_files, k) = kernel("quit");
+        let machine = build(&args(&k, 2), Box::new(std::io::sink()), |_, _| Ok(vm)).unwrap();
+        let (quit_tx, quit_rx) = mpsc::channel();
+        quit_tx.send(()).unwrap();
+        assert_eq!(machine.run(quit_rx), ExitReason::Quit);
+    }
+
+    #[test]
+    fn each_net_device_gets_its_slot_interrupt_and_queue_notifiers() {
+        if !std::path::Path::new("/dev/net/tun").exists() || unsafe_geteuid() != 0 {
+            println!(
+                "SKIPPED: each_net_device_gets_its_slot_interrupt_and_queue_notifiers: needs root and /dev/net/tun"
+            );
+            return;
+        }
+        let (_files, k) = kernel("nets");
+        let pid = std::process::id() % 100_000;
+        let (a, b) = (format!("vmt{pid}a"), format!("vmt{pid}b"));
+        use clap::Parser;
+        let args = Args::parse_from([
+            "vmm",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--net",
+            &format!("tap:{a}"),
+            "--net",
+            &format!("tap:{b}"),
+        ]);
+        let vm = fake(true, 1, vec![(0, vec![VcpuExit::SystemOff])]);
+        let seen = Arc::clone(&vm.seen);
+        let machine = build(&args, Box::new(std::io::sink()), |_, _| Ok(vm)).unwrap();
+        assert_eq!(machine.nets.len(), 2);
+        {
+            let s = seen.lock().unwrap();
+            let s0 = layout::virtio_mmio_slot(0).unwrap();
+            let s1 = layout::virtio_mmio_slot(1).unwrap();
+            assert_eq!(s.irqs, [s0.spi, s1.spi]);
+            assert_eq!(
+                s.notifies,
+                [
+                    (s0.base + regs::QUEUE_NOTIFY, 0),
+                    (s0.base + regs::QUEUE_NOTIFY, 1),
+                    (s1.base + regs::QUEUE_NOTIFY, 0),
+                    (s1.base + regs::QUEUE_NOTIFY, 1),
+                ]
+            );
+        }
+        // The guest finds a virtio-net device behind the first window.
+        let mut id = [0u8; 4];
+        assert!(
+            machine
+                .bus
+                .read(layout::virtio_mmio_slot(0).unwrap().base + 8, &mut id)
+        );
+        assert_eq!(u32::from_le_bytes(id), 1);
+        let (_q, quit_rx) = mpsc::channel();
+        assert_eq!(machine.run(quit_rx), ExitReason::PowerOff);
+    }
+
+    fn unsafe_geteuid() -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
+}
