@@ -8,10 +8,9 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::event::Notifier;
 use devices::net::Offloads;
 use devices::net::mem::{MemBackend, MemBackendConfig, MemBackendHandle};
-use devices::testing::DriverSim;
+use devices::testing::{DriverSim, attach};
 use devices::virtio::GuestMemory;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig};
@@ -50,18 +49,7 @@ fn rig(guest_tso: bool) -> Rig {
     .unwrap();
     let handle = backend.handle();
     let net = Net::new(Box::new(backend), NetConfig::default());
-    let irq = Notifier::new().unwrap();
-    let sim_irq = irq.try_clone().unwrap();
-    let transport = Arc::new(Mutex::new(
-        MmioTransport::new(Box::new(net), mem.clone(), irq).unwrap(),
-    ));
-    let mut sim = DriverSim::new(
-        mem,
-        transport.clone(),
-        sim_irq,
-        GuestAddress(0x1000),
-        63 << 20,
-    );
+    let (mut sim, transport) = attach(Box::new(net), mem, GuestAddress(0x1000), 63 << 20).unwrap();
     // Receiving 64 KiB frames needs GUEST_TSO4; without it the device reserves only an
     // MTU-sized frame per receive, as it must for a guest that cannot take larger ones.
     let rx_gso = if guest_tso { GUEST_TSO4 } else { 0 };

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -15,8 +16,8 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use crate::bus::{MmioDevice, SharedMmioDevice};
 use crate::event::Notifier;
 use crate::net::VNET_HDR_LEN;
-use crate::virtio::mmio::{MAGIC_VALUE, regs};
-use crate::virtio::{GuestMemory, features, status};
+use crate::virtio::mmio::{MAGIC_VALUE, MmioTransport, regs};
+use crate::virtio::{GuestMemory, VirtioDevice, features, status};
 
 /// Descriptor flag: the chain continues in `next`.
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -96,6 +97,22 @@ impl std::fmt::Debug for DriverSim {
             .field("queues", &self.queues.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Puts `device` behind a virtio-mmio transport over `mem` and attaches a simulated driver that
+/// allocates its rings and buffers in `[alloc_base, alloc_base + alloc_len)`: the usual start of
+/// a device test. Returns the driver and the transport (for its metrics and notifiers).
+pub fn attach(
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    alloc_base: GuestAddress,
+    alloc_len: u64,
+) -> io::Result<(DriverSim, Arc<Mutex<MmioTransport>>)> {
+    let irq = Notifier::new()?;
+    let sim_irq = irq.try_clone()?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq)?));
+    let sim = DriverSim::new(mem, transport.clone(), sim_irq, alloc_base, alloc_len);
+    Ok((sim, transport))
 }
 
 impl DriverSim {

@@ -24,10 +24,9 @@ use common::{
     EVENT_IDX, Lan, MAC, MRG_RXBUF, echo_request, is_echo_reply, resolve_peer, skip_reason,
     try_wait_frame,
 };
-use devices::event::Notifier;
 use devices::net::mem::{MemBackend, MemBackendConfig, MemBackendHandle};
 use devices::net::{Backend, VNET_HDR_LEN};
-use devices::testing::DriverSim;
+use devices::testing::{DriverSim, attach};
 use devices::virtio::mmio::{MmioTransport, regs};
 use devices::virtio::net::{Net, NetConfig, NetMetrics};
 use devices::virtio::{GuestMemory, interrupt_status};
@@ -191,18 +190,13 @@ impl Rig {
             },
         );
         let metrics = Arc::clone(net.metrics());
-        let irq = Notifier::new().unwrap();
-        let sim_irq = irq.try_clone().unwrap();
-        let transport = Arc::new(Mutex::new(
-            MmioTransport::new(Box::new(net), mem.clone(), irq).unwrap(),
-        ));
-        let sim = DriverSim::new(
+        let (sim, transport) = attach(
+            Box::new(net),
             mem,
-            transport.clone(),
-            sim_irq,
             GuestAddress(0x1000),
             MEM_SIZE as u64 - 0x1000,
-        );
+        )
+        .unwrap();
         Self {
             sim,
             transport,

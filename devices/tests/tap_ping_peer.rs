@@ -9,17 +9,15 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
     EVENT_IDX, GUEST_IP, Lan, MAC, MRG_RXBUF, PEER_IP, arp_request, echo_request, is_arp_reply,
     is_echo_reply, skip_reason, try_wait_frame, wait_frame,
 };
-use devices::event::Notifier;
-use devices::testing::DriverSim;
+use devices::testing::attach;
 use devices::virtio::GuestMemory;
-use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig};
 use vm_memory::GuestAddress;
 
@@ -41,18 +39,7 @@ fn tap_ping_peer() {
         },
     );
     let metrics = Arc::clone(net.metrics());
-    let irq = Notifier::new().unwrap();
-    let sim_irq = irq.try_clone().unwrap();
-    let transport = Arc::new(Mutex::new(
-        MmioTransport::new(Box::new(net), mem.clone(), irq).unwrap(),
-    ));
-    let mut sim = DriverSim::new(
-        mem,
-        transport.clone(),
-        sim_irq,
-        GuestAddress(0x1000),
-        7 << 20,
-    );
+    let (mut sim, transport) = attach(Box::new(net), mem, GuestAddress(0x1000), 7 << 20).unwrap();
     let features = sim
         .init(MRG_RXBUF | EVENT_IDX, 256)
         .expect("driver handshake");

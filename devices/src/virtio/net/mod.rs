@@ -451,9 +451,8 @@ pub(crate) mod harness {
     use vm_memory::GuestAddress;
 
     use super::{Net, NetConfig, NetMetrics};
-    use crate::event::Notifier;
     use crate::net::mem::{MemBackend, MemBackendConfig, MemBackendHandle};
-    use crate::testing::DriverSim;
+    use crate::testing::{DriverSim, attach};
     use crate::virtio::GuestMemory;
     use crate::virtio::mmio::MmioTransport;
 
@@ -489,18 +488,8 @@ pub(crate) mod harness {
             },
         );
         let metrics = Arc::clone(net.metrics());
-        let irq = Notifier::new().unwrap();
-        let irq2 = irq.try_clone().unwrap();
-        let transport = Arc::new(Mutex::new(
-            MmioTransport::new(Box::new(net), mem.clone(), irq).unwrap(),
-        ));
-        let sim = DriverSim::new(
-            mem,
-            transport.clone(),
-            irq2,
-            GuestAddress(0x20_0000),
-            0x80_0000,
-        );
+        let (sim, transport) =
+            attach(Box::new(net), mem, GuestAddress(0x20_0000), 0x80_0000).unwrap();
         Harness {
             sim,
             backend: handle,
