@@ -383,7 +383,10 @@ impl DataPath {
                         self.queue_error("tx", e);
                     }
                 }
-                used_any = true;
+                // Completions go out per batch: the guest frees its buffers (and its TCP stack
+                // lets more data go) while the next batch is sent.
+                self.notify_used(Which::Tx, mem);
+                used_any = false;
             }
             match self.tx.enable_notification(mem) {
                 Ok(true) => continue,
@@ -394,13 +397,27 @@ impl DataPath {
                 }
             }
         }
-        if used_any && self.tx.needs_notification(mem).unwrap_or(true) {
+        if used_any {
+            self.notify_used(Which::Tx, mem);
+        }
+    }
+
+    /// Raises the interrupt if the driver asked for one by now (`VIRTIO_RING_F_EVENT_IDX`, or
+    /// the `NO_INTERRUPT` flag without it).
+    fn notify_used(&mut self, which: Which, mem: &GuestMemory) {
+        let q = match which {
+            Which::Rx => &mut self.rx,
+            Which::Tx => &mut self.tx,
+        };
+        if q.needs_notification(mem).unwrap_or(true) {
             self.signal();
         }
     }
 
-    /// Pops every RX chain the guest has posted into the stash.
-    fn refill_stash(&mut self, mem: &GuestMemory) {
+    /// Pops every RX chain the guest has posted into the stash; returns whether malformed ones
+    /// were handed back as used.
+    fn refill_stash(&mut self, mem: &GuestMemory) -> bool {
+        let mut refused = false;
         let min_room = if self.cfg.backend_vnet_hdr {
             VNET_HDR_LEN
         } else {
@@ -429,9 +446,11 @@ impl DataPath {
                     if let Err(e) = self.rx.add_used(mem, head, 0) {
                         self.queue_error("rx", e);
                     }
+                    refused = true;
                 }
             }
         }
+        refused
     }
 
     /// Groups stashed chains into frames: `(first chain, chain count)` per frame.
@@ -476,7 +495,7 @@ impl DataPath {
                 self.queue_error("rx", e);
                 return RxEnd::NoBuffers;
             }
-            self.refill_stash(mem);
+            used_any |= self.refill_stash(mem);
             let plan = self.plan_frames(batch);
             if plan.is_empty() {
                 // No room: ask the driver to kick when it posts buffers, and look once more in
@@ -573,20 +592,31 @@ impl DataPath {
                 delivered += 1;
                 add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
             }
-            used_any |= delivered > 0;
             add(&self.metrics.rx_frames, delivered);
             // Unfilled frames' chains, then whatever was not planned, stay stashed in order.
             keep.extend(stash.drain(..));
             self.stash = keep;
+            if delivered > 0 || used_any {
+                // Per batch, so the guest starts on these frames while the next are read.
+                self.notify_used(Which::Rx, mem);
+                used_any = false;
+            }
             if got < plan.len() {
                 break;
             }
         }
-        if used_any && self.rx.needs_notification(mem).unwrap_or(true) {
-            self.signal();
+        if used_any {
+            self.notify_used(Which::Rx, mem);
         }
         end
     }
+}
+
+/// The two queues of the device.
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    Rx,
+    Tx,
 }
 
 /// How [`DataPath::process_rx`] stopped.
