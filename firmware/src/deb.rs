@@ -43,7 +43,7 @@ fn unpack(deb: &Path, dest: &Path) -> Result<()> {
             continue;
         };
         let reader: Box<dyn Read + '_> = match compression {
-            ".xz" => Box::new(xz2::read::XzDecoder::new(member)),
+            ".xz" => Box::new(lzma_rust2::XzReader::new(member, true)),
             ".gz" => Box::new(flate2::read::GzDecoder::new(member)),
             "" => Box::new(member),
             other => bail!("data.tar{other} is not supported (only .xz, .gz and plain)"),

@@ -15,12 +15,17 @@ const KERNEL_METAPACKAGE: &str = "linux-image-arm64:arm64";
 const BUSYBOX_PACKAGE: &str = "busybox-static:arm64";
 /// Debian's arm64 qemu, for the `host.run=qemu` baseline.
 const QEMU_PACKAGE: &str = "qemu-system-arm:arm64";
+/// Debian's arm64 iperf3 (with libiperf0), for `firmware bench` in the guest and the host.
+const IPERF3_PACKAGE: &str = "iperf3:arm64";
 
 /// The guest's network modules. Their dependencies (`failover`, `net_failover`, and `virtio`,
 /// `virtio_ring` where a flavour builds those as modules) come from the modules' modinfo.
 const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_net"];
 /// The host's LAN modules (bridge pulls in `stp` and `llc`).
 const HOST_MODULES: &[&str] = &["tun", "bridge", "veth"];
+/// The bench host's extra modules: `vhost_net` (with `vhost`, `vhost_iotlb`, `tap`) for
+/// qemu's `vhost=on`, which opens `/dev/vhost-net`.
+const BENCH_HOST_MODULES: &[&str] = &["vhost_net"];
 
 /// The built guest: kernel `Image` and initramfs.
 #[derive(Debug, Clone)]
@@ -51,10 +56,25 @@ struct Kernel {
     modules: ModuleTree,
 }
 
-fn prepare_kernel(layout: &Layout) -> Result<Kernel> {
-    let package = apt::resolve_kernel_package(KERNEL_METAPACKAGE)?;
-    progress(format!("{KERNEL_METAPACKAGE} is {package}"));
-    let deb = apt::download(&package, &layout.cache())?;
+/// `.deb` files the user downloaded, used instead of asking apt (a Mac has no apt).
+#[derive(Debug, Clone, Default)]
+pub struct DebSources {
+    /// A `linux-image-*-arm64` package.
+    pub kernel: Option<PathBuf>,
+    /// A `busybox-static` arm64 package.
+    pub busybox: Option<PathBuf>,
+}
+
+fn prepare_kernel(layout: &Layout, sources: &DebSources) -> Result<Kernel> {
+    let (package, deb) = match &sources.kernel {
+        Some(deb) => (deb.display().to_string(), deb.clone()),
+        None => {
+            let package = apt::resolve_kernel_package(KERNEL_METAPACKAGE)?;
+            progress(format!("{KERNEL_METAPACKAGE} is {package}"));
+            let deb = apt::download(&package, &layout.cache())?;
+            (package, deb)
+        }
+    };
     let root = deb::unpack_cached(&deb, &layout.cache())?;
     let boot = root.join("boot");
     let image = fs::read_dir(&boot)
@@ -93,17 +113,20 @@ fn install_image(src: &Path, dest: &Path) -> Result<()> {
     fs::write(dest, &data).with_context(|| format!("cannot write {}", dest.display()))
 }
 
-fn busybox(layout: &Layout) -> Result<Vec<u8>> {
-    let deb = apt::download(BUSYBOX_PACKAGE, &layout.cache())?;
+fn busybox(layout: &Layout, sources: &DebSources) -> Result<Vec<u8>> {
+    let deb = match &sources.busybox {
+        Some(deb) => deb.clone(),
+        None => apt::download(BUSYBOX_PACKAGE, &layout.cache())?,
+    };
     let root = deb::unpack_cached(&deb, &layout.cache())?;
     let path = root.join("bin/busybox");
     fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The guest's modules: [`GUEST_MODULES`] with their dependencies, in load order.
-fn guest_initramfs(layout: &Layout, kernel: &Kernel) -> Result<Initramfs> {
+fn guest_initramfs(layout: &Layout, kernel: &Kernel, sources: &DebSources) -> Result<Initramfs> {
     let mut fs = Initramfs::skeleton();
-    let applets = fs.busybox(busybox(layout)?);
+    let applets = fs.busybox(busybox(layout, sources)?);
     let modules = kernel.modules.load_order(GUEST_MODULES)?;
     progress(format!(
         "guest modules in load order: {} ({} busybox applets)",
@@ -116,6 +139,13 @@ fn guest_initramfs(layout: &Layout, kernel: &Kernel) -> Result<Initramfs> {
     Ok(fs)
 }
 
+/// Adds a [`bundle::bundle`]d program and its libraries to `fs`.
+fn add_bundle(fs: &mut Initramfs, files: Vec<bundle::BundleFile>) {
+    for file in files {
+        fs.file(&file.path, 0o755, file.data);
+    }
+}
+
 fn names(modules: &[crate::modules::Module]) -> String {
     modules
         .iter()
@@ -126,14 +156,19 @@ fn names(modules: &[crate::modules::Module]) -> String {
 
 /// `firmware guest`: writes `guest/Image` and `guest/initramfs.cpio.gz` under the layout.
 pub fn build_guest(layout: &Layout) -> Result<GuestImages> {
+    build_guest_from(layout, &DebSources::default())
+}
+
+/// [`build_guest`] from `.deb` files given by the user where `sources` names them (no apt).
+pub fn build_guest_from(layout: &Layout, sources: &DebSources) -> Result<GuestImages> {
     let start = Instant::now();
-    let kernel = prepare_kernel(layout)?;
+    let kernel = prepare_kernel(layout, sources)?;
     let dir = layout.guest_dir();
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let image = dir.join("Image");
     install_image(&kernel.image, &image)?;
     let initramfs = dir.join("initramfs.cpio.gz");
-    let size = guest_initramfs(layout, &kernel)?.write_gz(&initramfs, 9)?;
+    let size = guest_initramfs(layout, &kernel, sources)?.write_gz(&initramfs, 9)?;
     progress(format!(
         "guest ready in {:.1} s: {} (kernel {}), {} ({} KiB)",
         start.elapsed().as_secs_f64(),
@@ -165,16 +200,42 @@ pub fn build_host_with(
     guest: &GuestImages,
     qemu: bool,
 ) -> Result<HostImages> {
+    let kernel = prepare_kernel(layout, &DebSources::default())?;
+    let extras = HostExtras {
+        qemu,
+        ..HostExtras::default()
+    };
+    build_host_in(layout, &kernel, &layout.host_dir(), vmm, guest, &extras)
+}
+
+/// What a host image carries beyond busybox, the LAN modules, the guest and the vmm.
+#[derive(Debug, Default)]
+struct HostExtras {
+    /// Debian's arm64 `qemu-system-aarch64` and its libraries.
+    qemu: bool,
+    /// Debian's arm64 `iperf3` and its libraries.
+    iperf3: bool,
+    /// More kernel modules (with their dependencies), loaded after the LAN modules.
+    modules: &'static [&'static str],
+}
+
+fn build_host_in(
+    layout: &Layout,
+    kernel: &Kernel,
+    dir: &Path,
+    vmm: Option<&Path>,
+    guest: &GuestImages,
+    extras: &HostExtras,
+) -> Result<HostImages> {
     let start = Instant::now();
-    let kernel = prepare_kernel(layout)?;
-    let dir = layout.host_dir();
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let image = dir.join("Image");
     install_image(&kernel.image, &image)?;
 
     let mut fs = Initramfs::skeleton();
-    fs.busybox(busybox(layout)?);
-    let modules = kernel.modules.load_order(HOST_MODULES)?;
+    fs.busybox(busybox(layout, &DebSources::default())?);
+    let roots: Vec<&str> = HOST_MODULES.iter().chain(extras.modules).copied().collect();
+    let modules = kernel.modules.load_order(&roots)?;
     progress(format!("host modules in load order: {}", names(&modules)));
     fs.modules(modules);
     fs.file("/init", 0o755, HOST_INIT);
@@ -189,10 +250,17 @@ pub fn build_host_with(
     } else {
         progress("no --vmm given: the host will set up its LAN but has no vmm to run");
     }
-    if qemu {
-        for file in bundle::bundle(layout, QEMU_PACKAGE, "usr/bin/qemu-system-aarch64")? {
-            fs.file(&file.path, 0o755, file.data);
-        }
+    if extras.qemu {
+        add_bundle(
+            &mut fs,
+            bundle::bundle(layout, QEMU_PACKAGE, "usr/bin/qemu-system-aarch64")?,
+        );
+    }
+    if extras.iperf3 {
+        add_bundle(
+            &mut fs,
+            bundle::bundle(layout, IPERF3_PACKAGE, "usr/bin/iperf3")?,
+        );
     }
     let initramfs = dir.join("initramfs.cpio.gz");
     // The guest Image dominates and compresses poorly; a fast level keeps the build short.
@@ -209,4 +277,59 @@ pub fn build_host_with(
         initramfs,
         has_vmm: vmm.is_some(),
     })
+}
+
+/// The images of `firmware bench`, under [`Layout::bench_dir`] (the default images stay as
+/// they are).
+#[derive(Debug, Clone)]
+pub struct BenchImages {
+    /// The guest of [`build_guest`] plus `iperf3` and its libraries.
+    pub guest: GuestImages,
+    /// The host of [`build_host_with`] with qemu, plus `iperf3` and its libraries and the
+    /// `vhost_net` modules.
+    pub host: HostImages,
+}
+
+/// Builds [`BenchImages`]: one guest, run unchanged by every VMM the bench compares, and the
+/// host that runs them (`host.run=bench`).
+pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
+    let start = Instant::now();
+    let sources = DebSources::default();
+    let kernel = prepare_kernel(layout, &sources)?;
+    let dir = layout.bench_dir().join("guest");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = dir.join("Image");
+    install_image(&kernel.image, &image)?;
+    let mut fs = guest_initramfs(layout, &kernel, &sources)?;
+    add_bundle(
+        &mut fs,
+        bundle::bundle(layout, IPERF3_PACKAGE, "usr/bin/iperf3")?,
+    );
+    let initramfs = dir.join("initramfs.cpio.gz");
+    let size = fs.write_gz(&initramfs, 9)?;
+    progress(format!(
+        "bench guest ready in {:.1} s: {} ({} KiB, with iperf3)",
+        start.elapsed().as_secs_f64(),
+        initramfs.display(),
+        size / 1024
+    ));
+    let guest = GuestImages {
+        image,
+        initramfs,
+        kernel_release: kernel.release.clone(),
+    };
+    let extras = HostExtras {
+        qemu: true,
+        iperf3: true,
+        modules: BENCH_HOST_MODULES,
+    };
+    let host = build_host_in(
+        layout,
+        &kernel,
+        &layout.bench_dir().join("host"),
+        Some(vmm),
+        &guest,
+        &extras,
+    )?;
+    Ok(BenchImages { guest, host })
 }

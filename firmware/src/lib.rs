@@ -25,6 +25,7 @@
 //! ```
 
 mod apt;
+pub mod bench;
 mod bundle;
 pub mod console;
 pub mod cpio;
@@ -38,7 +39,10 @@ mod runner;
 mod vmm;
 
 pub use console::{Marker, PingResult};
-pub use images::{GuestImages, HostImages, build_guest, build_host, build_host_with};
+pub use images::{
+    BenchImages, DebSources, GuestImages, HostImages, build_bench_images, build_guest,
+    build_guest_from, build_host, build_host_with,
+};
 pub use initramfs::Initramfs;
 pub use lan::Lan;
 pub use runner::{RunOptions, RunOutcome, run_guest_direct, run_host};
@@ -90,6 +94,11 @@ impl Layout {
     /// `Image` and `initramfs.cpio.gz` of the emulated host.
     pub fn host_dir(&self) -> PathBuf {
         self.root.join("host")
+    }
+
+    /// The images of `firmware bench` (`guest/`, `host/`), apart from the default ones.
+    pub fn bench_dir(&self) -> PathBuf {
+        self.root.join("bench")
     }
 
     /// Console logs of the runs.

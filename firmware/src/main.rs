@@ -21,7 +21,17 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Build guest/Image and guest/initramfs.cpio.gz from Debian's arm64 packages.
-    Guest,
+    ///
+    /// With apt (Debian, Ubuntu) the packages are found and downloaded; elsewhere (a Mac) give
+    /// the two `.deb` files downloaded from a Debian mirror.
+    Guest {
+        /// A `linux-image-*-arm64_*.deb` to use instead of asking apt.
+        #[arg(long, value_name = "DEB", requires = "busybox_deb")]
+        kernel_deb: Option<PathBuf>,
+        /// A `busybox-static_*_arm64.deb` to use instead of asking apt.
+        #[arg(long, value_name = "DEB", requires = "kernel_deb")]
+        busybox_deb: Option<PathBuf>,
+    },
     /// Build host/Image and host/initramfs.cpio.gz (holding the guest and the vmm).
     Host {
         /// The static aarch64 vmm binary to put in the host [without it the host only sets
@@ -52,6 +62,26 @@ enum Cmd {
         #[arg(long, default_value = "")]
         append: String,
     },
+    /// Benchmark our vmm against Debian's arm64 QEMU (vhost=off, vhost=on) on the same guest
+    /// in one emulated host, and print one Markdown table (bench/README.md).
+    Bench {
+        /// Length of each iperf3 run, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Echo requests from the peer to the guest, per VMM.
+        #[arg(long, default_value_t = 50)]
+        pings: u32,
+        /// Repeat the whole series this many times (every other round in reverse order); the
+        /// table shows the median of the rounds.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Stop the emulated host after this many seconds [default: 900 per round].
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Also write the table (Markdown) to this file, e.g. bench/results.md.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
     /// Cross-build the vmm, build guest and host, boot the host: the whole demo.
     Demo {
         /// Stop qemu after this many seconds.
@@ -77,8 +107,15 @@ fn run() -> Result<ExitCode> {
         .map(Layout::new)
         .unwrap_or_else(Layout::default_for_workspace);
     match cli.command {
-        Cmd::Guest => {
-            firmware::build_guest(&layout)?;
+        Cmd::Guest {
+            kernel_deb,
+            busybox_deb,
+        } => {
+            let sources = firmware::DebSources {
+                kernel: kernel_deb,
+                busybox: busybox_deb,
+            };
+            firmware::build_guest_from(&layout, &sources)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Host { vmm, with_qemu } => {
@@ -107,6 +144,33 @@ fn run() -> Result<ExitCode> {
             let outcome = firmware::run_guest_direct(&layout, &guest, &lan, &opts)?;
             drop(lan);
             Ok(report_guest(&outcome))
+        }
+        Cmd::Bench {
+            seconds,
+            pings,
+            rounds,
+            timeout,
+            results,
+        } => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let opts = firmware::bench::BenchOptions {
+                seconds,
+                pings,
+                rounds: rounds.max(1),
+                timeout: Duration::from_secs(timeout.unwrap_or(900 * u64::from(rounds.max(1)))),
+                command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
+                results,
+            };
+            let report = firmware::bench::run(&layout, &opts)?;
+            let problems = report.problems();
+            for p in &problems {
+                eprintln!("firmware: bench: {p}");
+            }
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Demo { timeout } => {
             let missing = firmware::missing_tools();

@@ -116,7 +116,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     let raw = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "xz") {
         let mut data = Vec::new();
-        xz2::read::XzDecoder::new(raw.as_slice())
+        lzma_rust2::XzReader::new(raw.as_slice(), true)
             .read_to_end(&mut data)
             .with_context(|| format!("cannot decompress {}", path.display()))?;
         Ok(data)

@@ -1,0 +1,737 @@
+//! `firmware bench`: our vmm side by side with Debian's arm64 QEMU (vhost off and on), on the
+//! same guest, in the same emulated arm64 host, under the same KVM (issue 6, "Benchmark").
+//!
+//! The emulated host boots once with `host.run=bench`. Its init (`firmware/host/init`, function
+//! `bench_one`) starts each VMM in turn in the background on the same guest, memory, vCPUs,
+//! MAC and tap, waits for the guest's `BENCH-GUEST-READY` (the guest init in
+//! `vmnet.mode=bench` only serves iperf3 and keeps the console silent), then drives every
+//! measurement from the peer namespace: ping, TCP and UDP iperf3 runs both ways (`-R` makes the
+//! guest the sender), each bracketed by readings of the VMM's `/proc/PID/stat` (utime + stime
+//! of all its threads, plus the `vhost-PID` kernel threads that do QEMU's data path with
+//! `vhost=on`). It prints one `BENCH-*` line per measurement; this module reads them back and
+//! renders one Markdown table. Absolute figures are small under emulation; the ratios between
+//! VMMs in the same run are what we quote.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Layout, RunOptions, RunOutcome, progress};
+
+/// The VMMs the bench compares, in the order the host runs them: (name in the `BENCH-*`
+/// lines, column title).
+pub const VMMS: &[(&str, &str)] = &[
+    ("ours", "ours"),
+    ("qemu-vhost-off", "QEMU vhost=off"),
+    ("qemu-vhost-on", "QEMU vhost=on"),
+];
+
+/// The transfers of each VMM: (test name in `BENCH-XFER`, row label).
+const XFERS: &[(&str, &str)] = &[
+    ("tcp_g2p", "TCP guest→peer"),
+    ("tcp_p2g", "TCP peer→guest"),
+    ("udp_g2p", "UDP 64 B guest→peer"),
+    ("udp_p2g", "UDP 64 B peer→guest"),
+];
+
+/// `BENCH-XFER` reports `/proc/PID/stat` times in clock ticks of `USER_HZ`, 100 on arm64.
+const DEFAULT_HZ: f64 = 100.0;
+
+/// Options of `firmware bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Length of each iperf3 run, in seconds.
+    pub seconds: u32,
+    /// Echo requests from the peer to the guest.
+    pub pings: u32,
+    /// How many times the whole series runs (every other round in reverse order); the table
+    /// shows the median of the rounds.
+    pub rounds: u32,
+    /// The whole emulated-host run is stopped after this long.
+    pub timeout: Duration,
+    /// The command line to print with the table (how the user ran it).
+    pub command: String,
+    /// Also write the table here.
+    pub results: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            seconds: 10,
+            pings: 50,
+            rounds: 1,
+            timeout: Duration::from_secs(900),
+            command: "cargo run --release -p firmware -- bench".into(),
+            results: None,
+        }
+    }
+}
+
+/// One iperf3 run, from its `BENCH-XFER` line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Xfer {
+    /// iperf3's exit status (0 when it completed).
+    pub rc: Option<i32>,
+    /// The receiver's measuring interval.
+    pub seconds: Option<f64>,
+    /// The receiver's rate in kbit/s (payload).
+    pub kbps: Option<f64>,
+    /// TCP: the sender's retransmitted segments.
+    pub retr: Option<u64>,
+    /// UDP: datagrams the sender sent.
+    pub sent: Option<u64>,
+    /// UDP: datagrams the receiver missed.
+    pub lost: Option<i64>,
+    /// UDP: datagrams the receiver accounted for (received + lost).
+    pub total: Option<u64>,
+    /// CPU ticks of the VMM process (all threads) during the run.
+    pub vmm_ticks: Option<u64>,
+    /// CPU ticks of its vhost worker threads during the run.
+    pub vhost_ticks: Option<u64>,
+    /// Ticks per second.
+    pub hz: f64,
+}
+
+impl Xfer {
+    /// Payload bytes delivered to the receiver.
+    pub fn bytes(&self) -> Option<f64> {
+        Some(self.kbps? * 1000.0 / 8.0 * self.seconds?)
+    }
+
+    /// UDP datagrams delivered to the receiver.
+    pub fn delivered(&self) -> Option<u64> {
+        let total = self.total?;
+        Some(total.saturating_sub(self.lost?.max(0) as u64))
+    }
+
+    /// Delivered datagrams per second.
+    pub fn pps(&self) -> Option<f64> {
+        Some(self.delivered()? as f64 / self.seconds?)
+    }
+
+    /// CPU seconds of the VMM (and its vhost threads) during the run.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        Some((self.vmm_ticks? + self.vhost_ticks.unwrap_or(0)) as f64 / self.hz)
+    }
+
+    /// CPU seconds per gigabyte (10^9 bytes) of payload delivered.
+    pub fn cpu_per_gb(&self) -> Option<f64> {
+        let bytes = self.bytes().filter(|b| *b > 0.0)?;
+        Some(self.cpu_seconds()? / (bytes / 1e9))
+    }
+
+    /// CPU microseconds per datagram delivered.
+    pub fn cpu_us_per_packet(&self) -> Option<f64> {
+        let delivered = self.delivered().filter(|d| *d > 0)?;
+        Some(self.cpu_seconds()? * 1e6 / delivered as f64)
+    }
+}
+
+/// What one VMM measured.
+#[derive(Debug, Clone, Default)]
+pub struct VmmResult {
+    /// Wall time from the host starting the VMM to the guest's `GUEST-INIT` line.
+    pub boot_wall: Option<Duration>,
+    /// The guest kernel's own uptime when its init started.
+    pub guest_uptime_at_init: Option<f64>,
+    /// Echo requests sent and replies received.
+    pub ping_sent: Option<u32>,
+    /// Echo replies received.
+    pub ping_received: Option<u32>,
+    /// RTT min/avg/max in milliseconds.
+    pub rtt_ms: Option<(f64, f64, f64)>,
+    /// iperf3 runs by test name.
+    pub xfers: BTreeMap<String, Xfer>,
+    /// The VMM's exit status.
+    pub exit_code: Option<i32>,
+    /// `BENCH-FAIL` reasons.
+    pub failures: Vec<String>,
+}
+
+/// The whole run, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Results by VMM name (see [`VMMS`]) and round (from 1).
+    pub runs: BTreeMap<(String, u32), VmmResult>,
+    /// The number of rounds the host was asked for.
+    pub rounds: u32,
+    /// The host printed `BENCH-DONE`.
+    pub done: bool,
+    /// `BENCH-MISSING` items (tools or devices the host image lacks).
+    pub missing: Vec<String>,
+    /// The `BENCH-*` lines as printed, for the record.
+    pub raw: Vec<String>,
+    /// CPU time the rest of the machine used while the emulated host ran, and the capacity
+    /// (CPU seconds) it had: the emulated host is slowed by anything else running.
+    pub other_load: Option<OtherLoad>,
+}
+
+impl Report {
+    /// Reads the `BENCH-*` lines of a run, and the boot times from its markers.
+    pub fn parse(outcome: &RunOutcome) -> Self {
+        let mut report = Self::parse_console(&outcome.console);
+        // The boot time: from the host's "HOST-TIME bench-start vmm=NAME" to the first
+        // "GUEST-INIT" after it, both timestamped on arrival at the runner.
+        let mut current: Option<((String, u32), Duration)> = None;
+        for marker in &outcome.markers {
+            if marker.line.contains("HOST-TIME bench-start ") {
+                current =
+                    run_key(&line_fields(&marker.line, "bench-start")).map(|k| (k, marker.at));
+            } else if marker.line.contains("GUEST-INIT")
+                && let Some((key, start)) = current.take()
+            {
+                let vmm = report.runs.entry(key).or_default();
+                vmm.boot_wall = Some(marker.at.saturating_sub(start));
+                vmm.guest_uptime_at_init = line_fields(&marker.line, "GUEST-INIT")
+                    .get("uptime")
+                    .and_then(|u| u.parse().ok());
+            }
+        }
+        report
+    }
+
+    /// Reads the `BENCH-*` lines of a console (no boot times: those need the markers).
+    pub fn parse_console(text: &str) -> Self {
+        let mut report = Self::default();
+        for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+            let Some(at) = line.find("BENCH-") else {
+                continue;
+            };
+            let line = &line[at..];
+            let (tag, _) = line.split_once(' ').unwrap_or((line, ""));
+            let f = line_fields(line, tag);
+            let key = run_key(&f);
+            match (tag, key) {
+                ("BENCH-DONE", _) => report.done = true,
+                ("BENCH-CONFIG", _) => report.rounds = num(&f, "rounds").unwrap_or(1),
+                ("BENCH-MISSING", _) => {
+                    report
+                        .missing
+                        .push(line.trim_start_matches("BENCH-MISSING").trim().into());
+                }
+                ("BENCH-PING", Some(key)) => {
+                    let v = report.runs.entry(key).or_default();
+                    v.ping_sent = num(&f, "sent");
+                    v.ping_received = num(&f, "received");
+                    v.rtt_ms = match (num(&f, "rtt_min"), num(&f, "rtt_avg"), num(&f, "rtt_max")) {
+                        (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+                        _ => None,
+                    };
+                }
+                ("BENCH-XFER", Some(key)) => {
+                    let Some(test) = f.get("test") else { continue };
+                    let xfer = Xfer {
+                        rc: num(&f, "rc"),
+                        seconds: num(&f, "seconds"),
+                        kbps: num(&f, "kbps"),
+                        retr: num(&f, "retr"),
+                        sent: num(&f, "sent"),
+                        lost: num(&f, "lost"),
+                        total: num(&f, "total"),
+                        vmm_ticks: num(&f, "vmm_ticks"),
+                        vhost_ticks: num(&f, "vhost_ticks"),
+                        hz: num(&f, "hz").unwrap_or(DEFAULT_HZ),
+                    };
+                    report
+                        .runs
+                        .entry(key)
+                        .or_default()
+                        .xfers
+                        .insert(test.to_string(), xfer);
+                }
+                ("BENCH-EXIT", Some(key)) => {
+                    report.runs.entry(key).or_default().exit_code = num(&f, "code");
+                }
+                ("BENCH-FAIL", Some(key)) => {
+                    let reason = f.get("reason").unwrap_or(&"unknown").to_string();
+                    report.runs.entry(key).or_default().failures.push(reason);
+                }
+                _ => {}
+            }
+            if tag != "BENCH-GUEST-READY" {
+                report.raw.push(line.to_string());
+            }
+        }
+        report
+    }
+
+    /// Problems that make the table incomplete (empty if every VMM measured every row).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .missing
+            .iter()
+            .map(|m| format!("the host image lacks {m}"))
+            .collect();
+        if !self.done {
+            problems.push("the host did not finish (no BENCH-DONE)".into());
+        }
+        for (vmm, _) in VMMS {
+            for round in 1..=self.rounds.max(1) {
+                self.run_problems(vmm, round, &mut problems);
+            }
+        }
+        problems
+    }
+
+    fn run_problems(&self, vmm: &str, round: u32, problems: &mut Vec<String>) {
+        let name = if self.rounds > 1 {
+            format!("{vmm} (round {round})")
+        } else {
+            vmm.to_string()
+        };
+        let Some(v) = self.runs.get(&(vmm.to_string(), round)) else {
+            problems.push(format!("{name}: no result"));
+            return;
+        };
+        for reason in &v.failures {
+            problems.push(format!("{name}: {reason}"));
+        }
+        if v.exit_code != Some(0) {
+            problems.push(format!("{name}: exit code {:?}", v.exit_code));
+        }
+        if v.ping_received.is_none_or(|r| Some(r) != v.ping_sent) {
+            problems.push(format!(
+                "{name}: ping {:?}/{:?} answered",
+                v.ping_received, v.ping_sent
+            ));
+        }
+        for (test, _) in XFERS {
+            match v.xfers.get(*test) {
+                Some(x) if x.rc == Some(0) && x.kbps.is_some() => {}
+                Some(x) => problems.push(format!("{name}: {test} failed (iperf3 rc {:?})", x.rc)),
+                None => problems.push(format!("{name}: {test} missing")),
+            }
+        }
+    }
+
+    /// The measured rounds of `vmm`.
+    fn rounds_of<'a>(&'a self, vmm: &'a str) -> impl Iterator<Item = &'a VmmResult> + 'a {
+        self.runs
+            .iter()
+            .filter(move |((name, _), _)| name == vmm)
+            .map(|(_, v)| v)
+    }
+
+    /// The Markdown table: one column per VMM (the median of its rounds), then ours/QEMU
+    /// ratios.
+    pub fn table(&self) -> String {
+        type Metric = fn(&VmmResult) -> Option<f64>;
+        fn xfer(v: &VmmResult, test: &str) -> Option<Xfer> {
+            v.xfers.get(test).filter(|x| x.rc == Some(0)).cloned()
+        }
+        let rows: Vec<(&str, bool, usize, Metric)> = vec![
+            ("Guest boot, VMM start → init (s, wall)", false, 2, |v| {
+                v.boot_wall.map(|d| d.as_secs_f64())
+            }),
+            (
+                "Guest kernel start → init (s, guest clock)",
+                false,
+                2,
+                |v| v.guest_uptime_at_init,
+            ),
+            ("Ping RTT min (ms)", false, 3, |v| v.rtt_ms.map(|r| r.0)),
+            ("Ping RTT avg (ms)", false, 3, |v| v.rtt_ms.map(|r| r.1)),
+            ("Ping RTT max (ms)", false, 3, |v| v.rtt_ms.map(|r| r.2)),
+            ("TCP guest→peer (Mbit/s)", true, 1, |v| {
+                xfer(v, "tcp_g2p")?.kbps.map(|k| k / 1000.0)
+            }),
+            ("TCP peer→guest (Mbit/s)", true, 1, |v| {
+                xfer(v, "tcp_p2g")?.kbps.map(|k| k / 1000.0)
+            }),
+            ("UDP 64 B guest→peer (kpps delivered)", true, 2, |v| {
+                xfer(v, "udp_g2p")?.pps().map(|p| p / 1000.0)
+            }),
+            ("UDP 64 B peer→guest (kpps delivered)", true, 2, |v| {
+                xfer(v, "udp_p2g")?.pps().map(|p| p / 1000.0)
+            }),
+            ("UDP 64 B guest→peer (kpps sent)", true, 2, |v| {
+                let x = xfer(v, "udp_g2p")?;
+                Some(x.sent? as f64 / x.seconds? / 1000.0)
+            }),
+            ("UDP 64 B peer→guest (kpps sent)", true, 2, |v| {
+                let x = xfer(v, "udp_p2g")?;
+                Some(x.sent? as f64 / x.seconds? / 1000.0)
+            }),
+            ("CPU s/GB, TCP guest→peer", false, 2, |v| {
+                xfer(v, "tcp_g2p")?.cpu_per_gb()
+            }),
+            ("CPU s/GB, TCP peer→guest", false, 2, |v| {
+                xfer(v, "tcp_p2g")?.cpu_per_gb()
+            }),
+            ("CPU s/GB, UDP 64 B guest→peer", false, 0, |v| {
+                xfer(v, "udp_g2p")?.cpu_per_gb()
+            }),
+            ("CPU s/GB, UDP 64 B peer→guest", false, 0, |v| {
+                xfer(v, "udp_p2g")?.cpu_per_gb()
+            }),
+            ("CPU µs/packet, UDP 64 B guest→peer", false, 1, |v| {
+                xfer(v, "udp_g2p")?.cpu_us_per_packet()
+            }),
+            ("CPU µs/packet, UDP 64 B peer→guest", false, 1, |v| {
+                xfer(v, "udp_p2g")?.cpu_us_per_packet()
+            }),
+        ];
+        let mut out = String::new();
+        let _ = write!(out, "| metric |");
+        for (_, title) in VMMS {
+            let _ = write!(out, " {title} |");
+        }
+        let _ = writeln!(out, " ours/QEMU vhost=off | ours/QEMU vhost=on | better |");
+        let _ = writeln!(out, "|---|{}---:|---:|---|", "---:|".repeat(VMMS.len()));
+        for (label, higher_is_better, decimals, metric) in rows {
+            let values: Vec<Option<f64>> = VMMS
+                .iter()
+                .map(|(name, _)| median(self.rounds_of(name).filter_map(metric).collect()))
+                .collect();
+            let _ = write!(out, "| {label} |");
+            for v in &values {
+                let _ = write!(out, " {} |", fmt_value(*v, decimals));
+            }
+            for baseline in &values[1..] {
+                let _ = write!(out, " {} |", fmt_ratio(values[0], *baseline));
+            }
+            let _ = writeln!(
+                out,
+                " {} |",
+                if higher_is_better { "higher" } else { "lower" }
+            );
+        }
+        out
+    }
+
+    /// The table with its title, date, command, notes and the raw lines, as Markdown.
+    pub fn markdown(&self, date: &str, opts: &BenchOptions) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# Benchmark: ours vs QEMU (vhost off/on) under the same KVM\n"
+        );
+        let _ = writeln!(out, "- Date: {date}");
+        let _ = writeln!(out, "- Command: `{}`", opts.command);
+        let _ = writeln!(
+            out,
+            "- Setup: emulated arm64 host (qemu-system-aarch64 TCG, 2 vCPUs, EL2, real KVM \
+             inside); the same guest (Debian arm64 kernel, initramfs with iperf3) under each \
+             VMM, 2 vCPUs, 256 MiB, tap0 on br0 to the peer namespace; iperf3 runs of {} s; \
+             {} pings at 0.2 s intervals from the peer; {} round(s), each figure the median \
+             of the rounds. CPU = utime+stime of the VMM process (all threads, so the guest's \
+             vCPUs too) plus its vhost kernel threads. See bench/README.md.\n",
+            opts.seconds, opts.pings, opts.rounds
+        );
+        if let Some(load) = self.other_load {
+            let _ = writeln!(
+                out,
+                "- Other load on the machine during the run: {:.0} CPU s of {:.0} ({:.0}%); \
+                 the emulated host competes with it, so compare runs made on an idle machine.\n",
+                load.other_cpu,
+                load.capacity,
+                100.0 * load.other_cpu / load.capacity.max(1.0)
+            );
+        }
+        out.push_str(&self.table());
+        let problems = self.problems();
+        if !problems.is_empty() {
+            let _ = writeln!(out, "\nIncomplete run:");
+            for p in problems {
+                let _ = writeln!(out, "- {p}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n<details><summary>Raw lines from the host</summary>\n"
+        );
+        let _ = writeln!(out, "```");
+        for line in &self.raw {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "```\n</details>");
+        out
+    }
+}
+
+/// `(vmm, round)` of a line's fields (round 1 if the line has none).
+fn run_key(f: &BTreeMap<&str, &str>) -> Option<(String, u32)> {
+    Some((f.get("vmm")?.to_string(), num(f, "round").unwrap_or(1)))
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// What else ran on the machine during the emulated host's run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OtherLoad {
+    /// CPU seconds used by everything but the emulator (and this process).
+    pub other_cpu: f64,
+    /// CPU seconds the machine had (cores × wall time).
+    pub capacity: f64,
+}
+
+/// Busy CPU ticks of the whole machine (`/proc/stat` line `cpu`: all but idle and iowait) and
+/// the ticks of this process's reaped children (`/proc/self/stat` cutime + cstime: qemu once
+/// it has been waited for), both in `USER_HZ`.
+fn cpu_snapshot() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = cpu.iter().take(8).sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After "pid (comm) " field N of proc(5) is at index N - 3: utime 14, stime 15, cutime 16,
+    // cstime 17.
+    let fields: Vec<&str> = own.rsplit_once(") ")?.1.split_whitespace().collect();
+    let mine = fields
+        .get(11..15)?
+        .iter()
+        .map(|v| v.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some((busy, mine))
+}
+
+fn other_load(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+    wall: Duration,
+) -> Option<OtherLoad> {
+    let ((b0, m0), (b1, m1)) = (before?, after?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(OtherLoad {
+        other_cpu: (b1.saturating_sub(b0)).saturating_sub(m1.saturating_sub(m0)) as f64
+            / DEFAULT_HZ,
+        capacity: cores as f64 * wall.as_secs_f64(),
+    })
+}
+
+/// The `key=value` fields after `tag` on one line.
+fn line_fields<'a>(line: &'a str, tag: &str) -> BTreeMap<&'a str, &'a str> {
+    let rest = line.find(tag).map_or("", |i| &line[i + tag.len()..]);
+    rest.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .collect()
+}
+
+fn num<T: std::str::FromStr>(f: &BTreeMap<&str, &str>, key: &str) -> Option<T> {
+    f.get(key).and_then(|v| v.parse().ok())
+}
+
+fn fmt_value(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn fmt_ratio(ours: Option<f64>, baseline: Option<f64>) -> String {
+    match (ours, baseline) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for a time since the Unix epoch (Howard Hinnant's
+/// `civil_from_days`).
+pub fn utc_date(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let days = (secs / 86_400) as i64;
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
+}
+
+/// `firmware bench`: cross-builds the vmm, builds the bench images, boots the emulated host
+/// once with `host.run=bench`, prints the table (and writes it where asked). Returns the
+/// report; [`Report::problems`] says whether every row was measured.
+pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
+    let missing = crate::missing_tools();
+    if !missing.is_empty() {
+        bail!("the bench needs:\n  {}", missing.join("\n  "));
+    }
+    let vmm = crate::build_vmm(layout)?;
+    let images = crate::build_bench_images(layout, &vmm)?;
+    // Per VMM: a boot, the pings at 0.2 s, four iperf3 runs with their set-up, a power-off.
+    let per_vmm = 15 + u64::from(opts.pings) / 5 + 4 * (u64::from(opts.seconds) + 4) + 5;
+    progress(format!(
+        "bench: one emulated host, then {} VMMs in turn, {} round(s) (about {} s per VMM \
+         under emulation; the console follows, the table comes at the end)",
+        VMMS.len(),
+        opts.rounds,
+        per_vmm
+    ));
+    let run_opts = RunOptions {
+        timeout: opts.timeout,
+        append: format!(
+            "host.run=bench host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
+            opts.seconds, opts.pings, opts.rounds
+        ),
+        echo: true,
+    };
+    let before = cpu_snapshot();
+    let outcome = crate::run_host(layout, &images.host, &run_opts)?;
+    let after = cpu_snapshot();
+    let mut report = Report::parse(&outcome);
+    report.other_load = other_load(before, after, outcome.elapsed);
+    let date = utc_date(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let markdown = report.markdown(&date, opts);
+    println!("\n{markdown}");
+    let saved = layout.log_dir().join(format!(
+        "bench-{}.md",
+        outcome
+            .log
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("host-"))
+            .unwrap_or("latest")
+    ));
+    std::fs::write(&saved, &markdown)
+        .with_context(|| format!("cannot write {}", saved.display()))?;
+    progress(format!(
+        "bench: table saved in {} (console log {})",
+        saved.display(),
+        outcome.log.display()
+    ));
+    if let Some(path) = &opts.results {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        progress(format!("bench: table written to {}", path.display()));
+    }
+    if outcome.timed_out {
+        progress("bench: the emulated host timed out; the table is partial");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "\
+BENCH-CONFIG vmms=ours seconds=10 pings=50\r
+BENCH-VMM vmm=ours pid=321 vhost_pids=none\r
+BENCH-PING vmm=ours sent=50 received=50 rtt_min=1.5 rtt_avg=2.5 rtt_max=9.0\r
+BENCH-XFER vmm=ours test=tcp_g2p rc=0 seconds=10 kbps=80000 sent= lost= total= vmm_ticks=150 vhost_ticks=0 hz=100\r
+BENCH-XFER vmm=ours test=udp_p2g rc=0 seconds=10 kbps=512 sent=20000 lost=2000 total=12000 vmm_ticks=100 vhost_ticks=50 hz=100\r
+BENCH-EXIT vmm=ours code=0\r
+BENCH-DONE\r
+";
+
+    #[test]
+    fn xfer_lines_give_rate_and_cpu_per_gigabyte() {
+        let r = Report::parse_console(CONSOLE);
+        let x = &r.runs[&("ours".into(), 1)].xfers["tcp_g2p"];
+        // 80 Mbit/s for 10 s = 100 MB; 1.5 CPU s per 0.1 GB.
+        assert_eq!(x.bytes(), Some(100e6));
+        assert!((x.cpu_per_gb().unwrap() - 15.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn udp_rate_counts_delivered_datagrams_and_vhost_time() {
+        let r = Report::parse_console(CONSOLE);
+        let x = &r.runs[&("ours".into(), 1)].xfers["udp_p2g"];
+        assert_eq!(x.delivered(), Some(10_000));
+        assert_eq!(x.pps(), Some(1000.0));
+        assert_eq!(x.cpu_seconds(), Some(1.5));
+        assert!((x.cpu_us_per_packet().unwrap() - 150.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ping_exit_and_done_are_read() {
+        let r = Report::parse_console(CONSOLE);
+        let v = &r.runs[&("ours".into(), 1)];
+        assert_eq!(v.rtt_ms, Some((1.5, 2.5, 9.0)));
+        assert_eq!((v.ping_sent, v.ping_received), (Some(50), Some(50)));
+        assert_eq!(v.exit_code, Some(0));
+        assert!(r.done);
+    }
+
+    #[test]
+    fn missing_vmms_and_rows_are_problems_and_dashes() {
+        let r = Report::parse_console(CONSOLE);
+        let problems = r.problems();
+        assert!(problems.iter().any(|p| p == "qemu-vhost-on: no result"));
+        assert!(problems.iter().any(|p| p == "ours: tcp_p2g missing"));
+        let table = r.table();
+        assert!(table.contains("| TCP guest→peer (Mbit/s) | 80.0 | - | - | - | - | higher |"));
+    }
+
+    #[test]
+    fn rounds_are_kept_apart_and_the_table_shows_their_median() {
+        let console = "\
+BENCH-CONFIG vmms=ours rounds=3\n\
+BENCH-XFER vmm=ours round=1 test=tcp_p2g rc=0 seconds=10 kbps=1000\n\
+BENCH-XFER vmm=ours round=2 test=tcp_p2g rc=0 seconds=10 kbps=9000\n\
+BENCH-XFER vmm=ours round=3 test=tcp_p2g rc=0 seconds=10 kbps=2000\n";
+        let r = Report::parse_console(console);
+        assert_eq!(r.rounds, 3);
+        assert_eq!(r.runs.len(), 3);
+        assert!(
+            r.table()
+                .contains("| TCP peer→guest (Mbit/s) | 2.0 | - | - |")
+        );
+        assert!(
+            r.problems()
+                .iter()
+                .any(|p| p == "ours (round 2): tcp_g2p missing")
+        );
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn ratio_is_ours_over_baseline() {
+        assert_eq!(fmt_ratio(Some(1.0), Some(4.0)), "0.25");
+        assert_eq!(fmt_ratio(Some(1.0), None), "-");
+        assert_eq!(fmt_ratio(Some(1.0), Some(0.0)), "-");
+    }
+
+    #[test]
+    fn cpu_snapshot_reads_this_machine() {
+        let (busy, children) = cpu_snapshot().expect("/proc/stat and /proc/self/stat");
+        assert!(busy > 0);
+        assert!(children <= busy);
+    }
+
+    #[test]
+    fn other_load_subtracts_the_emulator() {
+        let load = other_load(Some((1000, 50)), Some((1500, 350)), Duration::from_secs(10));
+        assert_eq!(load.map(|l| l.other_cpu), Some(2.0));
+    }
+
+    #[test]
+    fn utc_date_is_civil() {
+        assert_eq!(utc_date(Duration::ZERO), "1970-01-01 00:00 UTC");
+        // 2024-02-29 12:34 UTC
+        assert_eq!(
+            utc_date(Duration::from_secs(1_709_210_040)),
+            "2024-02-29 12:34 UTC"
+        );
+    }
+}
