@@ -333,6 +333,14 @@ impl DriverSim {
         Ok(())
     }
 
+    /// Writes the avail ring's `idx` of queue `q` directly (any value: for broken-driver tests).
+    pub fn write_avail_idx(&mut self, q: u16, idx: u16) -> Result<(), SimError> {
+        let sq = &mut self.queues[usize::from(q)];
+        sq.avail_idx = idx;
+        self.mem.write_obj(idx, sq.avail.unchecked_add(2))?;
+        Ok(())
+    }
+
     /// Writes `used_event` of queue `q` (with `VIRTIO_RING_F_EVENT_IDX`).
     pub fn set_used_event(&self, q: u16, value: u16) -> Result<(), SimError> {
         let sq = &self.queues[usize::from(q)];

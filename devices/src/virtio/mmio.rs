@@ -210,6 +210,7 @@ impl MmioTransport {
         self.acked_features = 0;
         self.queue_sel = 0;
         self.interrupt.ack(u32::MAX);
+        self.interrupt.clear_needs_reset();
     }
 
     fn refuse(&self, counter: &AtomicU64, what: &str, offset: u64, value: u64) {
@@ -400,6 +401,9 @@ impl MmioTransport {
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::STATUS if self.interrupt.needs_reset() => {
+                self.status | status::DEVICE_NEEDS_RESET
+            }
             regs::STATUS => self.status,
             // No shared memory regions: length -1 says so (virtio 1.2, 4.2.2.1).
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH => u32::MAX,

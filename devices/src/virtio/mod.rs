@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -59,6 +59,8 @@ pub mod interrupt_status {
 struct InterruptInner {
     status: AtomicU32,
     notifier: Notifier,
+    /// Set by a device that found the driver broke the virtqueue contract.
+    needs_reset: AtomicBool,
 }
 
 /// Raises a device's interrupt: sets a bit of `InterruptStatus` and fires the interrupt
@@ -85,6 +87,7 @@ impl Interrupt {
             inner: Arc::new(InterruptInner {
                 status: AtomicU32::new(0),
                 notifier,
+                needs_reset: AtomicBool::new(false),
             }),
         }
     }
@@ -112,6 +115,25 @@ impl Interrupt {
     /// Clears the given `InterruptStatus` bits (`InterruptACK`).
     pub fn ack(&self, bits: u32) {
         self.inner.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Marks the device as needing a reset (`DEVICE_NEEDS_RESET` in the status register, virtio
+    /// 1.2 section 2.1.2) and tells the driver with a configuration change interrupt.
+    pub fn set_needs_reset(&self) -> io::Result<()> {
+        if self.inner.needs_reset.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.signal_config()
+    }
+
+    /// Whether the device asked for a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.inner.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Forgets a reset request (the driver reset the device).
+    pub fn clear_needs_reset(&self) {
+        self.inner.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// The notifier the VMM binds to the guest interrupt.

@@ -50,6 +50,9 @@ pub struct NetMetrics {
     pub tx_errors: AtomicU64,
     /// Interrupts raised.
     pub interrupts: AtomicU64,
+    /// Times the driver broke a queue (an avail index more than the queue size ahead); the
+    /// queue then stops until the driver resets the device.
+    pub broken_queues: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -242,6 +245,8 @@ pub struct DataPath {
     stash: VecDeque<RxChain>,
     descs: Vec<(GuestAddress, u32)>,
     log: RateLimit,
+    /// A queue the driver broke: nothing more is processed until reset.
+    broken: bool,
 }
 
 impl DataPath {
@@ -264,6 +269,7 @@ impl DataPath {
             stash: VecDeque::new(),
             descs: Vec::new(),
             log: RateLimit::guest_errors(),
+            broken: false,
         }
     }
 
@@ -290,6 +296,39 @@ impl DataPath {
         warn_limited!(self.log, queue, error = %err, "virtio-net: cannot access the queue rings");
     }
 
+    /// Checks the avail index of `which` against the device's position: a driver can never be
+    /// more than the queue size ahead. If it is, the ring is unusable (virtio-queue refuses to
+    /// pop from it while its notification check keeps reporting work): the device stops
+    /// processing and asks for a reset instead of spinning.
+    fn check_avail(&mut self, which: Which, mem: &GuestMemory) -> bool {
+        if self.broken {
+            return false;
+        }
+        let q = match which {
+            Which::Rx => &self.rx,
+            Which::Tx => &self.tx,
+        };
+        let ahead = q
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map(|idx| idx.0.wrapping_sub(q.next_avail()));
+        match ahead {
+            Ok(n) if n <= q.size() => true,
+            other => {
+                self.broken = true;
+                add(&self.metrics.broken_queues, 1);
+                tracing::warn!(
+                    queue = ?which,
+                    ahead = ?other.ok(),
+                    "virtio-net: the driver's avail index is beyond the queue; device needs reset"
+                );
+                if let Err(e) = self.interrupt.set_needs_reset() {
+                    warn_limited!(self.log, error = %e, "virtio-net: cannot raise the interrupt");
+                }
+                false
+            }
+        }
+    }
+
     fn signal(&self) {
         add(&self.metrics.interrupts, 1);
         if let Err(e) = self.interrupt.signal_used() {
@@ -310,6 +349,9 @@ impl DataPath {
         let mut used_any = false;
         let mut heads: Vec<(u16, usize, usize)> = Vec::with_capacity(batch);
         loop {
+            if !self.check_avail(Which::Tx, mem) {
+                return;
+            }
             if let Err(e) = self.tx.disable_notification(mem) {
                 self.queue_error("tx", e);
                 return;
@@ -418,10 +460,15 @@ impl DataPath {
     /// were handed back as used.
     fn refill_stash(&mut self, mem: &GuestMemory) -> bool {
         let mut refused = false;
-        let min_room = if self.cfg.backend_vnet_hdr {
-            VNET_HDR_LEN
+        // With mergeable buffers any chain may start a frame, so each must hold the header
+        // (virtio 1.2, 5.1.6.3.1). Without, each chain takes a whole frame: the spec asks for
+        // room for the largest one (1526 or 65562 bytes); the 4 bytes of VLAN slack in
+        // `rx_room` are not required. A smaller chain would have frames cut short (a TAP
+        // device even drops them), and it would be retried for every frame after.
+        let min_room = if self.cfg.mrg_rxbuf {
+            VNET_HDR_LEN + usize::from(!self.cfg.backend_vnet_hdr)
         } else {
-            VNET_HDR_LEN + 1
+            self.cfg.rx_room.saturating_sub(4).max(VNET_HDR_LEN + 1)
         };
         while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -491,6 +538,9 @@ impl DataPath {
         let mut used_any = false;
         let mut end = RxEnd::Drained;
         loop {
+            if !self.check_avail(Which::Rx, mem) {
+                return RxEnd::NoBuffers;
+            }
             if let Err(e) = self.rx.disable_notification(mem) {
                 self.queue_error("rx", e);
                 return RxEnd::NoBuffers;
@@ -633,3 +683,6 @@ pub enum RxEnd {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_regressions;

@@ -433,3 +433,23 @@ fn rx_chain_with_device_writable_and_readable_mix_is_dropped() {
     h.sim.wait_used(0, 1, T).unwrap();
     assert_eq!(h.metrics.bad_chains.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_driver_breaking_the_avail_ring_gets_device_needs_reset_and_a_reset_recovers() {
+    use crate::virtio::mmio::regs;
+    use crate::virtio::status;
+    let mut h = start(MemBackendConfig::default(), 0);
+    // TX avail index 300 entries ahead of a 256-entry queue: impossible for a correct driver.
+    h.sim.write_avail_idx(1, 300).unwrap();
+    h.sim.notify(1);
+    wait_for(|| h.sim.read_reg(regs::STATUS) & status::DEVICE_NEEDS_RESET != 0);
+    assert_eq!(h.metrics.broken_queues.load(Ordering::Relaxed), 1);
+    assert_ne!(
+        h.sim.read_reg(regs::INTERRUPT_STATUS) & 2,
+        0,
+        "config interrupt"
+    );
+    h.sim.init(0, 128).unwrap();
+    assert_eq!(h.sim.read_reg(regs::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    assert_still_serving(&mut h);
+}
