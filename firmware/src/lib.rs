@@ -26,6 +26,7 @@
 
 mod apt;
 pub mod bench;
+pub mod soak;
 mod bundle;
 pub mod console;
 pub mod cpio;

@@ -82,6 +82,16 @@ enum Cmd {
         #[arg(long)]
         results: Option<PathBuf>,
     },
+    /// Our VMM under bidirectional iperf3 and ping for a long time (issue: robustness under
+    /// load): memory, descriptors and packet counters checked at the end.
+    Soak {
+        /// Length of the loaded phase, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u32,
+        /// Also write the report (Markdown) to this file, e.g. bench/soak.md.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
     /// Cross-build the vmm, build guest and host, boot the host: the whole demo.
     Demo {
         /// Stop qemu after this many seconds.
@@ -144,6 +154,22 @@ fn run() -> Result<ExitCode> {
             let outcome = firmware::run_guest_direct(&layout, &guest, &lan, &opts)?;
             drop(lan);
             Ok(report_guest(&outcome))
+        }
+        Cmd::Soak { seconds, results } => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let opts = firmware::soak::SoakOptions {
+                seconds,
+                command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
+                results,
+            };
+            let report = firmware::soak::run(&layout, &opts)?;
+            let problems = report.problems();
+            if problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("firmware: soak failed: {}", problems.join("; "));
+                Ok(ExitCode::FAILURE)
+            }
         }
         Cmd::Bench {
             seconds,
