@@ -253,7 +253,12 @@ impl Rig {
     fn wait_tx_used(&mut self, n: usize) -> usize {
         self.sim
             .wait_used(1, n, TIMEOUT)
-            .unwrap_or_else(|e| panic!("{n} TX buffers back within {TIMEOUT:?}: {e}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{n} TX buffers back within {TIMEOUT:?}: {e} (metrics: {:?})",
+                    self.metrics
+                )
+            })
             .len()
     }
 

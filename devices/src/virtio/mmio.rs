@@ -367,9 +367,10 @@ impl MmioTransport {
             regs::QUEUE_READY => match v {
                 0 => true,
                 1 => {
-                    // virtio-queue only validates a queue marked ready.
+                    // virtio-queue only validates a queue marked ready, and it never reads an
+                    // avail ring at address 0 (it takes 0 for "not set up").
                     q.set_ready(true);
-                    let valid = q.is_valid(&mem) && rings_in_memory(q, &mem);
+                    let valid = q.is_valid(&mem) && rings_in_memory(q, &mem) && q.avail_ring() != 0;
                     q.set_ready(valid);
                     valid
                 }

@@ -314,18 +314,25 @@ impl DataPath {
         match ahead {
             Ok(n) if n <= q.size() => true,
             other => {
-                self.broken = true;
-                add(&self.metrics.broken_queues, 1);
-                tracing::warn!(
-                    queue = ?which,
-                    ahead = ?other.ok(),
-                    "virtio-net: the driver's avail index is beyond the queue; device needs reset"
+                self.mark_broken(
+                    which,
+                    &format!(
+                        "the avail index is {:?} entries ahead of the device",
+                        other.ok()
+                    ),
                 );
-                if let Err(e) = self.interrupt.set_needs_reset() {
-                    warn_limited!(self.log, error = %e, "virtio-net: cannot raise the interrupt");
-                }
                 false
             }
+        }
+    }
+
+    /// Stops processing after the driver broke a queue, and asks for a reset.
+    fn mark_broken(&mut self, which: Which, why: &str) {
+        self.broken = true;
+        add(&self.metrics.broken_queues, 1);
+        tracing::warn!(queue = ?which, "virtio-net: {why}; the device needs a reset");
+        if let Err(e) = self.interrupt.set_needs_reset() {
+            warn_limited!(self.log, error = %e, "virtio-net: cannot raise the interrupt");
         }
     }
 
@@ -348,10 +355,14 @@ impl DataPath {
         let batch = self.cfg.tx_batch.max(1);
         let mut used_any = false;
         let mut heads: Vec<(u16, usize, usize)> = Vec::with_capacity(batch);
+        // Set when the driver announced buffers (enable_notification said so) and nothing has
+        // been popped since.
+        let mut announced_unpopped = false;
         loop {
             if !self.check_avail(Which::Tx, mem) {
                 return;
             }
+            let mut popped = 0usize;
             if let Err(e) = self.tx.disable_notification(mem) {
                 self.queue_error("tx", e);
                 return;
@@ -363,6 +374,7 @@ impl DataPath {
                     let Some(chain) = self.tx.pop_descriptor_chain(mem) else {
                         break;
                     };
+                    popped += 1;
                     let head = chain.head_index();
                     let start = self.descs.len();
                     let res = collect_chain(chain, false, mem, &mut self.descs).and_then(|len| {
@@ -431,6 +443,15 @@ impl DataPath {
                 used_any = false;
             }
             match self.tx.enable_notification(mem) {
+                // More is announced but nothing could be popped this round: the ring is not
+                // usable (virtio-queue refuses it), and looping would spin.
+                Ok(true) if popped == 0 => {
+                    self.mark_broken(
+                        Which::Tx,
+                        "the driver announces buffers that cannot be read",
+                    );
+                    break;
+                }
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -456,10 +477,11 @@ impl DataPath {
         }
     }
 
-    /// Pops every RX chain the guest has posted into the stash; returns whether malformed ones
-    /// were handed back as used.
-    fn refill_stash(&mut self, mem: &GuestMemory) -> bool {
+    /// Pops every RX chain the guest has posted into the stash; returns how many were popped
+    /// and whether malformed ones were handed back as used.
+    fn refill_stash(&mut self, mem: &GuestMemory) -> (usize, bool) {
         let mut refused = false;
+        let mut popped = 0usize;
         // With mergeable buffers any chain may start a frame, so each must hold the header
         // (virtio 1.2, 5.1.6.3.1). Without, each chain takes a whole frame: the spec asks for
         // room for the largest one (1526 or 65562 bytes); the 4 bytes of VLAN slack in
@@ -471,6 +493,7 @@ impl DataPath {
             self.cfg.rx_room.saturating_sub(4).max(VNET_HDR_LEN + 1)
         };
         while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
+            popped += 1;
             let head = chain.head_index();
             self.descs.clear();
             let res = collect_chain(chain, true, mem, &mut self.descs).and_then(|cap| {
@@ -497,7 +520,7 @@ impl DataPath {
                 }
             }
         }
-        refused
+        (popped, refused)
     }
 
     /// Groups stashed chains into frames: `(first chain, chain count)` per frame.
@@ -537,6 +560,8 @@ impl DataPath {
         let batch = self.cfg.rx_batch.max(1);
         let mut used_any = false;
         let mut end = RxEnd::Drained;
+        // As in process_tx.
+        let mut announced_unpopped = false;
         loop {
             if !self.check_avail(Which::Rx, mem) {
                 return RxEnd::NoBuffers;
@@ -545,13 +570,29 @@ impl DataPath {
                 self.queue_error("rx", e);
                 return RxEnd::NoBuffers;
             }
-            used_any |= self.refill_stash(mem);
+            let (popped, refused) = self.refill_stash(mem);
+            used_any |= refused;
+            if popped > 0 {
+                announced_unpopped = false;
+            }
             let plan = self.plan_frames(batch);
             if plan.is_empty() {
                 // No room: ask the driver to kick when it posts buffers, and look once more in
                 // case it did so meanwhile. Frames stay in the backend until then.
                 match self.rx.enable_notification(mem) {
-                    Ok(true) => continue,
+                    // Announced but unreadable buffers (see process_tx): stop, don't spin.
+                    Ok(true) if announced_unpopped => {
+                        self.mark_broken(
+                            Which::Rx,
+                            "the driver announces buffers that cannot be read",
+                        );
+                        end = RxEnd::NoBuffers;
+                        break;
+                    }
+                    Ok(true) => {
+                        announced_unpopped = true;
+                        continue;
+                    }
                     Ok(false) => {
                         add(&self.metrics.rx_no_buffers, 1);
                         end = RxEnd::NoBuffers;

@@ -178,3 +178,71 @@ fn avail_index_far_ahead_of_the_device_does_not_make_process_rx_spin() {
         "process_rx did not return"
     );
 }
+
+/// A data path whose queue `bogus` has its avail ring at guest address 0, with one chain made
+/// available (avail `idx` 1); the other queue's rings are elsewhere.
+fn path_with_avail_ring_at_zero(bogus_tx: bool) -> (DataPath, MemBackend) {
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    let (rx, tx) = if bogus_tx {
+        (
+            queue(&mem, 0x2000, 0x2400, 0x2600),
+            queue(&mem, 0x1000, 0, 0x1600),
+        )
+    } else {
+        (
+            queue(&mem, 0x2000, 0, 0x2600),
+            queue(&mem, 0x1000, 0x1400, 0x1600),
+        )
+    };
+    mem.write_obj(1u16, GuestAddress(2)).unwrap();
+    let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
+    let cfg = PathConfig {
+        backend_vnet_hdr: false,
+        mrg_rxbuf: false,
+        rx_room: VNET_HDR_LEN + 1518,
+        tx_max: VNET_HDR_LEN + 1518,
+        rx_batch: 32,
+        tx_batch: 32,
+    };
+    let path = DataPath::new(
+        mem,
+        rx,
+        tx,
+        Interrupt::new(Notifier::new().unwrap()),
+        cfg,
+        Arc::new(NetMetrics::default()),
+    );
+    (path, backend)
+}
+
+/// Found by `mmio_transport` as a hang after the fix above (input
+/// `fuzz/regressions/mmio_transport-avail-ring-at-zero`): the transport accepts an avail ring at
+/// guest address 0 (aligned, in memory), but virtio-queue 0.18 treats `avail_ring == 0` as "not
+/// ready" (`QueueOwnedT::iter` returns `QueueNotReady`), so `pop_descriptor_chain` never yields
+/// anything, while `enable_notification` compares the avail `idx` read at address 2 with
+/// `next_avail` and keeps answering "more buffers". With `idx` within the queue size the new
+/// `check_avail` passes, and `process_tx` spins forever; a reset then hangs the VMM.
+#[test]
+fn avail_ring_at_address_zero_does_not_make_process_tx_spin() {
+    let (mut path, mut backend) = path_with_avail_ring_at_zero(true);
+    assert!(
+        returns_in_time(move || {
+            path.process_tx(&mut backend);
+        }),
+        "process_tx did not return"
+    );
+}
+
+/// The same on the RX queue (`refill_stash` pops nothing, the plan is empty, `process_rx`
+/// loops).
+#[test]
+fn avail_ring_at_address_zero_does_not_make_process_rx_spin() {
+    let (mut path, mut backend) = path_with_avail_ring_at_zero(false);
+    backend.handle().inject(&[0u8; 60]);
+    assert!(
+        returns_in_time(move || {
+            let _ = path.process_rx(&mut backend);
+        }),
+        "process_rx did not return"
+    );
+}
