@@ -442,17 +442,24 @@ impl DataPath {
                 self.notify_used(Which::Tx, mem);
                 used_any = false;
             }
+            if popped > 0 {
+                announced_unpopped = false;
+            }
             match self.tx.enable_notification(mem) {
-                // More is announced but nothing could be popped this round: the ring is not
-                // usable (virtio-queue refuses it), and looping would spin.
-                Ok(true) if popped == 0 => {
+                // Announced twice with nothing popped in between (once is the driver adding
+                // buffers right after our last pop): the ring is unusable (virtio-queue refuses
+                // it), and looping would spin.
+                Ok(true) if announced_unpopped => {
                     self.mark_broken(
                         Which::Tx,
                         "the driver announces buffers that cannot be read",
                     );
                     break;
                 }
-                Ok(true) => continue,
+                Ok(true) => {
+                    announced_unpopped = true;
+                    continue;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     self.queue_error("tx", e);
