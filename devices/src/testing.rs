@@ -350,8 +350,9 @@ impl DriverSim {
     }
 
     /// With `VIRTIO_RING_F_EVENT_IDX`, asks for an interrupt at the next used buffer, as a
-    /// driver re-enabling callbacks does.
-    fn rearm(&self, q: u16) -> Result<(), SimError> {
+    /// driver re-enabling callbacks does (only when it is about to wait: while it finds work it
+    /// keeps polling, like Linux's NAPI).
+    pub fn rearm(&self, q: u16) -> Result<(), SimError> {
         if self.features & features::RING_EVENT_IDX != 0 {
             self.set_used_event(q, self.queues[usize::from(q)].last_used)?;
         }
@@ -413,8 +414,22 @@ impl DriverSim {
             out.push(Used { id, len });
             sq.last_used = sq.last_used.wrapping_add(1);
         }
-        self.rearm(q)?;
         Ok(out)
+    }
+
+    /// Whether queue `q` has used elements not taken yet.
+    fn has_used(&self, q: u16) -> Result<bool, SimError> {
+        let sq = &self.queues[usize::from(q)];
+        let idx: u16 = self.mem.read_obj(sq.used.unchecked_add(2))?;
+        Ok(idx != sq.last_used)
+    }
+
+    /// Before sleeping, as Linux's NAPI does: ask for an interrupt at the next used element,
+    /// then look once more (one may have arrived before the request). Returns whether to sleep.
+    fn arm_and_recheck(&self, q: u16) -> Result<bool, SimError> {
+        self.rearm(q)?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(!self.has_used(q)?)
     }
 
     /// Waits until at least `count` used elements are available on `q` (collecting them).
@@ -432,7 +447,9 @@ impl DriverSim {
                 return Err(SimError::Timeout);
             }
             // Interrupts may be suppressed (EVENT_IDX): poll at a short interval as well.
-            self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
+            if self.arm_and_recheck(q)? {
+                self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
+            }
             out.extend(self.take_used(q)?);
         }
         Ok(out)
@@ -518,7 +535,9 @@ impl DriverSim {
             let used_at = sq.used;
             let idx: u16 = self.mem.read_obj(used_at.unchecked_add(2))?;
             if idx == sq.last_used {
-                self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
+                if self.arm_and_recheck(0)? {
+                    self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
+                }
                 continue;
             }
             let slot = u64::from(sq.last_used % sq.size);
@@ -532,7 +551,6 @@ impl DriverSim {
                 sq.free.extend(chain.iter().map(|c| c.0));
                 sq.last_used = sq.last_used.wrapping_add(1);
             }
-            self.rearm(0)?;
             if want_bufs == 0 {
                 if bytes.len() < VNET_HDR_LEN {
                     continue;
