@@ -22,10 +22,6 @@ use crate::ratelimit::RateLimit;
 use crate::virtio::{GuestMemory, Interrupt};
 use crate::warn_limited;
 
-/// How many times one TX pass looks for more frames, after yielding, before it re-enables the
-/// driver's notifications (it stops at the first look that finds nothing).
-const TX_BUSY_ROUNDS: u32 = 4;
-
 /// Offset of `num_buffers` in `virtio_net_hdr_v1` (virtio 1.2, section 5.1.6).
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -362,11 +358,6 @@ impl DataPath {
         // Set when the driver announced buffers (enable_notification said so) and nothing has
         // been popped since.
         let mut announced_unpopped = false;
-        // While the guest keeps sending, look again after letting it run (its vCPU may share
-        // this core) before asking for the next kick: under load, frames then come in larger
-        // batches with fewer kicks (each is a trap into the hypervisor); when idle, the one
-        // yield costs nothing and finds nothing.
-        let mut busy_rounds = TX_BUSY_ROUNDS;
         loop {
             if !self.check_avail(Which::Tx, mem) {
                 return;
@@ -453,11 +444,6 @@ impl DataPath {
             }
             if popped > 0 {
                 announced_unpopped = false;
-                if busy_rounds > 0 {
-                    busy_rounds -= 1;
-                    std::thread::yield_now();
-                    continue;
-                }
             }
             match self.tx.enable_notification(mem) {
                 // Announced twice with nothing popped in between (once is the driver adding
