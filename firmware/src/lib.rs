@@ -26,7 +26,6 @@
 
 mod apt;
 pub mod bench;
-pub mod soak;
 mod bundle;
 pub mod console;
 pub mod cpio;
@@ -37,6 +36,7 @@ mod initramfs;
 mod lan;
 mod modules;
 mod runner;
+pub mod soak;
 mod vmm;
 
 pub use console::{Marker, PingResult};
