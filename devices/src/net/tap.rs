@@ -233,6 +233,22 @@ fn iovecs(bufs: &[GuestSlice<'_>], iov: &mut Vec<libc::iovec>) {
     }));
 }
 
+/// The outcome of one frame's `readv`/`writev` (`n`), the `done` frames before it moved:
+/// `Ok(bytes)` to go on, or `Err(result)` to end the batch. A full or empty device ends it with
+/// the count so far; another error ends it with the count if some frames moved (the error comes
+/// again on the next call), or with the error itself.
+fn frame_done(n: isize, done: usize) -> Result<usize, io::Result<usize>> {
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    Err(if would_block(&e) || done > 0 {
+        Ok(done)
+    } else {
+        Err(e)
+    })
+}
+
 fn would_block(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -262,52 +278,32 @@ impl Backend for Tap {
     }
 
     fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
         let mut iov = Vec::with_capacity(8);
         for (i, f) in frames.iter_mut().enumerate() {
             iovecs(f.bufs, &mut iov);
             // SAFETY: each iovec describes a VolatileSlice of guest memory that was checked
             // against the guest memory map and stays mapped while `frames` borrows it; the
             // kernel writes at most iov_len bytes to each.
-            let n = unsafe {
-                libc::readv(
-                    self.file.as_raw_fd(),
-                    iov.as_ptr(),
-                    iov.len() as libc::c_int,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return if would_block(&e) || i > 0 {
-                    Ok(i)
-                } else {
-                    Err(e)
-                };
+            let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            match frame_done(n, i) {
+                Ok(len) => f.len = len,
+                Err(stop) => return stop,
             }
-            f.len = n as usize;
         }
         Ok(frames.len())
     }
 
     fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
         let mut iov = Vec::with_capacity(8);
         for (i, f) in frames.iter().enumerate() {
             iovecs(f.bufs, &mut iov);
             // SAFETY: each iovec describes a VolatileSlice of guest memory checked against the
             // guest memory map and borrowed for the call; the kernel only reads from them.
-            let n = unsafe {
-                libc::writev(
-                    self.file.as_raw_fd(),
-                    iov.as_ptr(),
-                    iov.len() as libc::c_int,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return if would_block(&e) || i > 0 {
-                    Ok(i)
-                } else {
-                    Err(e)
-                };
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            if let Err(stop) = frame_done(n, i) {
+                return stop;
             }
         }
         Ok(frames.len())
