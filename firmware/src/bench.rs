@@ -30,7 +30,7 @@ pub const VMMS: &[(&str, &str)] = &[
 ];
 
 /// The transfers of each VMM: (test name in `BENCH-XFER`, row label).
-const XFERS: &[(&str, &str)] = &[
+pub const XFERS: &[(&str, &str)] = &[
     ("tcp_g2p", "TCP guest→peer"),
     ("tcp_p2g", "TCP peer→guest"),
     ("udp_g2p", "UDP 64 B guest→peer"),
@@ -50,6 +50,10 @@ pub struct BenchOptions {
     /// How many times the whole series runs (every other round in reverse order); the table
     /// shows the median of the rounds.
     pub rounds: u32,
+    /// The VMMs to run (names of [`VMMS`]), in this order.
+    pub vmms: Vec<String>,
+    /// The transfers to run (names of [`XFERS`]), in this order.
+    pub tests: Vec<String>,
     /// The whole emulated-host run is stopped after this long.
     pub timeout: Duration,
     /// The command line to print with the table (how the user ran it).
@@ -64,6 +68,8 @@ impl Default for BenchOptions {
             seconds: 10,
             pings: 50,
             rounds: 1,
+            vmms: VMMS.iter().map(|(n, _)| n.to_string()).collect(),
+            tests: XFERS.iter().map(|(n, _)| n.to_string()).collect(),
             timeout: Duration::from_secs(900),
             command: "cargo run --release -p firmware -- bench".into(),
             results: None,
@@ -159,6 +165,10 @@ pub struct Report {
     pub runs: BTreeMap<(String, u32), VmmResult>,
     /// The number of rounds the host was asked for.
     pub rounds: u32,
+    /// The VMMs the host was asked to run (all of [`VMMS`] unless `BENCH-CONFIG` says).
+    pub vmms: Vec<String>,
+    /// The transfers the host was asked to run (all of [`XFERS`] unless `BENCH-CONFIG` says).
+    pub tests: Vec<String>,
     /// The host printed `BENCH-DONE`.
     pub done: bool,
     /// `BENCH-MISSING` items (tools or devices the host image lacks).
@@ -196,7 +206,11 @@ impl Report {
 
     /// Reads the `BENCH-*` lines of a console (no boot times: those need the markers).
     pub fn parse_console(text: &str) -> Self {
-        let mut report = Self::default();
+        let mut report = Self {
+            vmms: VMMS.iter().map(|(n, _)| n.to_string()).collect(),
+            tests: XFERS.iter().map(|(n, _)| n.to_string()).collect(),
+            ..Self::default()
+        };
         for line in text.lines().map(|l| l.trim_end_matches('\r')) {
             let Some(at) = line.find("BENCH-") else {
                 continue;
@@ -207,7 +221,16 @@ impl Report {
             let key = run_key(&f);
             match (tag, key) {
                 ("BENCH-DONE", _) => report.done = true,
-                ("BENCH-CONFIG", _) => report.rounds = num(&f, "rounds").unwrap_or(1),
+                ("BENCH-CONFIG", _) => {
+                    report.rounds = num(&f, "rounds").unwrap_or(1);
+                    let list = |v: &str| v.split(',').map(str::to_string).collect();
+                    if let Some(v) = f.get("vmms") {
+                        report.vmms = list(v);
+                    }
+                    if let Some(t) = f.get("tests") {
+                        report.tests = list(t);
+                    }
+                }
                 ("BENCH-MISSING", _) => {
                     report
                         .missing
@@ -269,7 +292,7 @@ impl Report {
         if !self.done {
             problems.push("the host did not finish (no BENCH-DONE)".into());
         }
-        for (vmm, _) in VMMS {
+        for vmm in &self.vmms {
             for round in 1..=self.rounds.max(1) {
                 self.run_problems(vmm, round, &mut problems);
             }
@@ -299,8 +322,8 @@ impl Report {
                 v.ping_received, v.ping_sent
             ));
         }
-        for (test, _) in XFERS {
-            match v.xfers.get(*test) {
+        for test in &self.tests {
+            match v.xfers.get(test) {
                 Some(x) if x.rc == Some(0) && x.kbps.is_some() => {}
                 Some(x) => problems.push(format!("{name}: {test} failed (iperf3 rc {:?})", x.rc)),
                 None => problems.push(format!("{name}: {test} missing")),
@@ -559,6 +582,23 @@ pub fn utc_date(since_epoch: Duration) -> String {
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
+/// Fails unless `names` is a non-empty list of names from `known`, each at most once.
+fn check_names(what: &str, names: &[String], known: &[(&str, &str)]) -> Result<()> {
+    let all = || known.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    if names.is_empty() {
+        bail!("no {what} to run: name at least one of {}", all());
+    }
+    for (i, name) in names.iter().enumerate() {
+        if !known.iter().any(|(n, _)| n == name) {
+            bail!("unknown {what} {name:?}: the {what}s are {}", all());
+        }
+        if names[..i].contains(name) {
+            bail!("{what} {name:?} is named twice");
+        }
+    }
+    Ok(())
+}
+
 /// `firmware bench`: cross-builds the vmm, builds the bench images, boots the emulated host
 /// once with `host.run=bench`, prints the table (and writes it where asked). Returns the
 /// report; [`Report::problems`] says whether every row was measured.
@@ -567,22 +607,32 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     if !missing.is_empty() {
         bail!("the bench needs:\n  {}", missing.join("\n  "));
     }
+    check_names("VMM", &opts.vmms, VMMS)?;
+    check_names("test", &opts.tests, XFERS)?;
     let vmm = crate::build_vmm(layout)?;
     let images = crate::build_bench_images(layout, &vmm)?;
-    // Per VMM: a boot, the pings at 0.2 s, four iperf3 runs with their set-up, a power-off.
-    let per_vmm = 15 + u64::from(opts.pings) / 5 + 4 * (u64::from(opts.seconds) + 4) + 5;
+    // Per VMM: a boot, the pings at 0.2 s, the iperf3 runs with their set-up, a power-off.
+    let per_vmm = 15
+        + u64::from(opts.pings) / 5
+        + opts.tests.len() as u64 * (u64::from(opts.seconds) + 4)
+        + 5;
     progress(format!(
         "bench: one emulated host, then {} VMMs in turn, {} round(s) (about {} s per VMM \
          under emulation; the console follows, the table comes at the end)",
-        VMMS.len(),
+        opts.vmms.len(),
         opts.rounds,
         per_vmm
     ));
     let run_opts = RunOptions {
         timeout: opts.timeout,
         append: format!(
-            "host.run=bench host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
-            opts.seconds, opts.pings, opts.rounds
+            "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.seconds={} \
+             host.bench.pings={} host.bench.rounds={}",
+            opts.vmms.join(","),
+            opts.tests.join(","),
+            opts.seconds,
+            opts.pings,
+            opts.rounds
         ),
         echo: true,
     };
@@ -630,7 +680,7 @@ mod tests {
     use super::*;
 
     const CONSOLE: &str = "\
-BENCH-CONFIG vmms=ours seconds=10 pings=50\r
+BENCH-CONFIG vmms=ours,qemu-vhost-off,qemu-vhost-on seconds=10 pings=50\r
 BENCH-VMM vmm=ours pid=321 vhost_pids=none\r
 BENCH-PING vmm=ours sent=50 received=50 rtt_min=1.5 rtt_avg=2.5 rtt_max=9.0\r
 BENCH-XFER vmm=ours test=tcp_g2p rc=0 seconds=10 kbps=80000 sent= lost= total= vmm_ticks=150 vhost_ticks=0 hz=100\r
@@ -697,6 +747,52 @@ BENCH-XFER vmm=ours round=3 test=tcp_p2g rc=0 seconds=10 kbps=2000\n";
                 .iter()
                 .any(|p| p == "ours (round 2): tcp_g2p missing")
         );
+    }
+
+    #[test]
+    fn a_run_limited_to_some_vmms_and_tests_is_complete_when_those_are_measured() {
+        let console = "\
+BENCH-CONFIG vmms=ours tests=udp_g2p rounds=1\n\
+BENCH-PING vmm=ours round=1 sent=5 received=5 rtt_min=1 rtt_avg=2 rtt_max=3\n\
+BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0 seconds=10 kbps=600 sent=12000 lost=0 total=12000\n\
+BENCH-EXIT vmm=ours round=1 code=0\n\
+BENCH-DONE\n";
+        let r = Report::parse_console(console);
+        assert_eq!(
+            (r.vmms.as_slice(), r.tests.as_slice()),
+            (&["ours".to_string()][..], &["udp_g2p".to_string()][..])
+        );
+        assert_eq!(r.problems(), Vec::<String>::new());
+        assert!(
+            r.table()
+                .contains("| UDP 64 B guest→peer (kpps delivered) | 1.20 | - | - |")
+        );
+        // The same lines under a full run lack the other VMMs and transfers.
+        let full = Report::parse_console(&console.replace(" vmms=ours tests=udp_g2p", ""));
+        assert!(full.problems().iter().any(|p| p == "ours: tcp_g2p missing"));
+        assert!(
+            full.problems()
+                .iter()
+                .any(|p| p == "qemu-vhost-off: no result")
+        );
+    }
+
+    #[test]
+    fn unknown_or_repeated_names_are_refused_before_anything_is_built() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_names("VMM", &names(&["ours", "qemu-vhost-on"]), VMMS).is_ok());
+        let e = check_names("VMM", &names(&["qemu"]), VMMS)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "unknown VMM \"qemu\": the VMMs are ours, qemu-vhost-off, qemu-vhost-on"
+        );
+        let e = check_names("test", &names(&["udp_g2p", "udp_g2p"]), XFERS)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "test \"udp_g2p\" is named twice");
+        assert!(check_names("test", &[], XFERS).is_err());
     }
 
     #[test]

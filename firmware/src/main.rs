@@ -75,6 +75,20 @@ enum Cmd {
         /// table shows the median of the rounds.
         #[arg(long, default_value_t = 1)]
         rounds: u32,
+        /// The VMMs to run, comma-separated, in order: ours, qemu-vhost-off, qemu-vhost-on.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "ours,qemu-vhost-off,qemu-vhost-on"
+        )]
+        vmms: Vec<String>,
+        /// The transfers to run, comma-separated: tcp_g2p, tcp_p2g, udp_g2p, udp_p2g.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "tcp_g2p,tcp_p2g,udp_g2p,udp_p2g"
+        )]
+        tests: Vec<String>,
         /// Stop the emulated host after this many seconds [default: 900 per round].
         #[arg(long)]
         timeout: Option<u64>,
@@ -175,6 +189,8 @@ fn run() -> Result<ExitCode> {
             seconds,
             pings,
             rounds,
+            vmms,
+            tests,
             timeout,
             results,
         } => {
@@ -183,6 +199,8 @@ fn run() -> Result<ExitCode> {
                 seconds,
                 pings,
                 rounds: rounds.max(1),
+                vmms,
+                tests,
                 timeout: Duration::from_secs(timeout.unwrap_or(900 * u64::from(rounds.max(1)))),
                 command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
                 results,
