@@ -189,6 +189,21 @@ mod tests {
     }
 
     #[test]
+    fn poller_timeout_below_a_millisecond_expires_and_a_notifier_still_wakes_it() {
+        let p = Poller::new().unwrap();
+        let n = Notifier::new().unwrap();
+        p.add_notifier(&n, Token(7)).unwrap();
+        let mut events = Vec::with_capacity(4);
+        let t = Duration::from_micros(300);
+        let start = Instant::now();
+        assert_eq!(p.wait(&mut events, Some(t)).unwrap(), 0);
+        assert!(start.elapsed() >= t);
+        n.notify().unwrap();
+        assert_eq!(p.wait(&mut events, Some(t)).unwrap(), 1);
+        assert_eq!(events[0].token, Token(7));
+    }
+
+    #[test]
     fn notify_from_another_thread_wakes_waiter() {
         let n = Arc::new(Notifier::new().unwrap());
         let n2 = Arc::clone(&n);

@@ -25,6 +25,8 @@ pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
 /// Descriptor flag: the buffer is an indirect descriptor table.
 pub const VRING_DESC_F_INDIRECT: u16 = 4;
+/// `VRING_USED_F_NO_NOTIFY`: the device asks the driver not to kick (without EVENT_IDX).
+pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 /// Errors of the simulated driver.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ struct SimQueue {
     avail: GuestAddress,
     used: GuestAddress,
     avail_idx: u16,
+    /// `avail_idx` when the driver last decided whether to kick.
+    kicked_at: u16,
     last_used: u16,
     free: Vec<u16>,
     chains: HashMap<u16, Vec<(u16, GuestAddress, u32)>>,
@@ -281,6 +285,7 @@ impl DriverSim {
                 avail: GuestAddress(0),
                 used: GuestAddress(0),
                 avail_idx: 0,
+                kicked_at: 0,
                 last_used: 0,
                 free: Vec::new(),
                 chains: HashMap::new(),
@@ -292,6 +297,7 @@ impl DriverSim {
             avail,
             used,
             avail_idx: 0,
+            kicked_at: 0,
             last_used: 0,
             free: (0..size).rev().collect(),
             chains: HashMap::new(),
@@ -394,6 +400,30 @@ impl DriverSim {
         self.write_reg(regs::QUEUE_NOTIFY, u32::from(q));
     }
 
+    /// Kicks queue `q` only if the device asked for it, as Linux's `virtqueue_kick_prepare`
+    /// decides: with `VIRTIO_RING_F_EVENT_IDX`, when the buffers added since the last decision
+    /// passed the device's `avail_event`; without, unless the device set `NO_NOTIFY` in the used
+    /// ring's flags. Returns whether it kicked.
+    pub fn kick(&mut self, q: u16) -> Result<bool, SimError> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let sq = &self.queues[usize::from(q)];
+        let (old, new) = (sq.kicked_at, sq.avail_idx);
+        let needed = if self.features & features::RING_EVENT_IDX != 0 {
+            let event: u16 = self
+                .mem
+                .read_obj(sq.used.unchecked_add(4 + 8 * u64::from(sq.size)))?;
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            let flags: u16 = self.mem.read_obj(sq.used)?;
+            flags & VRING_USED_F_NO_NOTIFY == 0
+        };
+        self.queues[usize::from(q)].kicked_at = new;
+        if needed {
+            self.notify(q);
+        }
+        Ok(needed)
+    }
+
     /// Returns the used elements the device added since the last call, freeing their
     /// descriptors.
     pub fn take_used(&mut self, q: u16) -> Result<Vec<Used>, SimError> {
@@ -481,6 +511,14 @@ impl DriverSim {
     /// Sends `frame` (an Ethernet frame) on queue 1 with a zeroed virtio-net header, split into
     /// two descriptors (header, payload) as Linux does, and notifies.
     pub fn send_frame(&mut self, frame: &[u8]) -> Result<u16, SimError> {
+        let head = self.queue_frame(frame)?;
+        self.notify(1);
+        Ok(head)
+    }
+
+    /// Adds `frame` to queue 1 as [`send_frame`](Self::send_frame) does, without notifying:
+    /// the caller decides, e.g. with [`kick`](Self::kick).
+    pub fn queue_frame(&mut self, frame: &[u8]) -> Result<u16, SimError> {
         let hdr = self.alloc(VNET_HDR_LEN as u64, 8)?;
         let body = self.alloc(frame.len() as u64, 8)?;
         self.mem.write_slice(frame, body)?;
@@ -491,7 +529,6 @@ impl DriverSim {
                 (body, frame.len() as u32, false),
             ],
         )?;
-        self.notify(1);
         Ok(head)
     }
 

@@ -630,8 +630,10 @@ pub mod op {
     pub const SEND_LIMIT: u8 = 10;
     /// Inject a frame of raw bytes: `u8` length, bytes.
     pub const INJECT_RAW: u8 = 11;
+    /// `process_tx_or_hold`: `u8 % 4` is the number of frames that holds kicks off.
+    pub const PROCESS_TX_HOLD: u8 = 12;
     /// Number of operations.
-    pub const COUNT: u8 = 12;
+    pub const COUNT: u8 = 13;
 }
 
 const MAX_OPS: usize = 96;
@@ -724,9 +726,15 @@ impl Harness {
         vec![self.rx.used_range(), self.tx.used_range()]
     }
 
-    fn process_tx(&mut self) {
+    /// `process_tx`, or `process_tx_or_hold(hold_at)`: either drains the queue.
+    fn process_tx(&mut self, hold_at: Option<usize>) {
         let before = Snap::take(&self.mem);
-        self.path.process_tx(&mut self.backend);
+        match hold_at {
+            None => self.path.process_tx(&mut self.backend),
+            Some(n) => {
+                let _ = self.path.process_tx_or_hold(&mut self.backend, n);
+            }
+        }
         let after = Snap::take(&self.mem);
         after.assert_unchanged_outside(&before, &self.used_ranges(), "process_tx");
         let used = self.tx.take_used(&self.mem, "tx");
@@ -943,7 +951,7 @@ impl Harness {
         self.tx_faults = false;
 
         // TX: a well-formed two-descriptor chain reaches the backend as exactly that frame.
-        self.process_tx();
+        self.process_tx(None);
         let body_len = 60.min(self.cfg.tx_max - HDR);
         let hdr = [0u8; HDR];
         let body = pattern(body_len, 0x5a);
@@ -968,7 +976,7 @@ impl Harness {
         .write(&self.mem, t + 16);
         self.tx.publish(&self.mem, 0, true);
         // process_tx checks that the backend got the chain's bytes and nothing else.
-        self.process_tx();
+        self.process_tx(None);
 
         // RX: every pending frame gets delivered once a good buffer is posted.
         let _ = self.process_rx();
@@ -1176,7 +1184,11 @@ pub fn run(data: &[u8]) {
                 let seed = s.u8();
                 h.inject(pattern(len, seed));
             }
-            op::PROCESS_TX => h.process_tx(),
+            op::PROCESS_TX => h.process_tx(None),
+            op::PROCESS_TX_HOLD => {
+                let n = usize::from(s.u8() % 4);
+                h.process_tx(Some(n));
+            }
             op::PROCESS_RX => {
                 let _ = h.process_rx();
             }

@@ -169,6 +169,7 @@ pub fn run(data: &[u8]) {
             mac: Some(MAC),
             queue_size: QUEUE_SIZE,
             name: "fuzz-net".into(),
+            ..Default::default()
         },
     );
     let irq = Notifier::new().expect("notifier");

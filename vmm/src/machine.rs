@@ -19,7 +19,7 @@ use devices::net::Backend;
 use devices::serial::Pl011;
 use devices::virtio::GuestMemory;
 use devices::virtio::mmio::{MmioTransport, regs};
-use devices::virtio::net::{Net, NetConfig};
+use devices::virtio::net::{Net, NetConfig, NetMetrics};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::aarch64::fdt::{self, FdtConfig};
@@ -387,6 +387,8 @@ pub struct Machine<V: Vm> {
     pub uart: Arc<Mutex<Pl011>>,
     /// The net devices' transports, in `--net` order.
     pub nets: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The net devices' names and counters, logged when the guest ends.
+    net_metrics: Vec<(String, Arc<NetMetrics>)>,
 }
 
 /// Builds the machine: images placed, backends opened, then the VM created by `create_vm`,
@@ -425,6 +427,7 @@ pub fn build<V: Vm>(
     fdt_cfg.cpu_mpidrs = vm.mpidrs();
     fdt_cfg.initrd = l.initrd;
     let mut transports = Vec::new();
+    let mut net_metrics = Vec::new();
     for (i, plan) in nets.into_iter().enumerate() {
         let slot = layout::virtio_mmio_slot(i).ok_or_else(|| {
             VmmError::Cli(CliError::TooManyNets {
@@ -437,6 +440,7 @@ pub fn build<V: Vm>(
             NetConfig {
                 mac: plan.mac,
                 name: plan.name.clone(),
+                tx_hold: Duration::from_micros(args.tx_hold_us.into()),
                 ..Default::default()
             },
         );
@@ -447,6 +451,7 @@ pub fn build<V: Vm>(
             spi = slot.spi,
             "virtio-net device"
         );
+        net_metrics.push((plan.name.clone(), Arc::clone(net.metrics())));
         let irq = Notifier::new().map_err(setup("an interrupt notifier"))?;
         vm.connect_irq(&irq, slot.spi)?;
         let transport = MmioTransport::new(Box::new(net), mem.clone(), irq)
@@ -481,6 +486,7 @@ pub fn build<V: Vm>(
         dtb: l.dtb.start,
         uart,
         nets: transports,
+        net_metrics,
     })
 }
 
@@ -555,9 +561,35 @@ impl<V: Vm> Machine<V> {
             stop_ms = stop_started.elapsed().as_millis() as u64,
             "vCPUs stopped"
         );
+        for (name, m) in &self.net_metrics {
+            log_net_counters(name, m);
+        }
         drop(self.mem);
         reason
     }
+}
+
+/// One line with what a net device moved and what went wrong, for the end of a run.
+fn log_net_counters(name: &str, m: &NetMetrics) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        device = name,
+        tx_frames = get(&m.tx_frames),
+        tx_bytes = get(&m.tx_bytes),
+        tx_batches = get(&m.tx_batches),
+        tx_kicks = get(&m.tx_kicks),
+        tx_dropped = get(&m.tx_dropped),
+        tx_errors = get(&m.tx_errors),
+        rx_frames = get(&m.rx_frames),
+        rx_bytes = get(&m.rx_bytes),
+        rx_kicks = get(&m.rx_kicks),
+        rx_no_buffers = get(&m.rx_no_buffers),
+        rx_errors = get(&m.rx_errors),
+        interrupts = get(&m.interrupts),
+        bad_chains = get(&m.bad_chains),
+        broken_queues = get(&m.broken_queues),
+        "virtio-net counters"
+    );
 }
 
 #[cfg(test)]

@@ -2,9 +2,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::event::{Event, Token, timeout_ms};
+
+/// Set once `epoll_pwait2` (Linux 5.11) turned out to be missing.
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -133,14 +137,36 @@ impl Poller {
         const MAX: usize = 64;
         let mut raw = [libc::epoll_event { events: 0, u64: 0 }; MAX];
         let cap = events.capacity().clamp(1, MAX);
-        // SAFETY: `raw` has room for `cap` events and outlives the call.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                raw.as_mut_ptr(),
-                cap as libc::c_int,
-                timeout_ms(timeout),
-            )
+        let n = match timeout {
+            // Not a whole number of milliseconds: epoll_pwait2 keeps the precision.
+            Some(t) if t.subsec_nanos() % 1_000_000 != 0 && !NO_PWAIT2.load(Ordering::Relaxed) => {
+                let ts = libc::timespec {
+                    tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                    tv_nsec: t.subsec_nanos().into(),
+                };
+                // SAFETY: `raw` has room for `cap` events and `ts` is a valid timespec, both
+                // outliving the call; a null signal mask leaves the mask alone (its size is
+                // then ignored).
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_epoll_pwait2,
+                        self.fd.as_raw_fd(),
+                        raw.as_mut_ptr(),
+                        cap as libc::c_int,
+                        &ts as *const libc::timespec,
+                        std::ptr::null::<libc::sigset_t>(),
+                        0usize,
+                    )
+                };
+                if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                    // Before Linux 5.11: whole milliseconds from now on.
+                    NO_PWAIT2.store(true, Ordering::Relaxed);
+                    self.epoll_wait(&mut raw[..cap], timeout)
+                } else {
+                    r as libc::c_int
+                }
+            }
+            _ => self.epoll_wait(&mut raw[..cap], timeout),
         };
         if n < 0 {
             let err = io::Error::last_os_error();
@@ -159,6 +185,19 @@ impl Poller {
             }
         }));
         Ok(())
+    }
+
+    /// `epoll_wait` with the timeout rounded up to whole milliseconds; returns its result.
+    fn epoll_wait(&self, raw: &mut [libc::epoll_event], timeout: Option<Duration>) -> libc::c_int {
+        // SAFETY: `raw` has room for `raw.len()` events and outlives the call.
+        unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                raw.as_mut_ptr(),
+                raw.len() as libc::c_int,
+                timeout_ms(timeout),
+            )
+        }
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {

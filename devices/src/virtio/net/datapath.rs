@@ -25,6 +25,17 @@ use crate::warn_limited;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1` (virtio 1.2, section 5.1.6).
 const NUM_BUFFERS_OFFSET: usize = 10;
 
+/// How a TX pass left the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxEnd {
+    /// Drained with kicks enabled: the driver kicks for its next frame. Also the end of a pass
+    /// on a queue that is not ready or that the driver broke.
+    Idle,
+    /// Busy: the pass sent frames and left kicks disabled, so the driver queues frames without
+    /// kicking; the caller must run another pass soon.
+    Holding,
+}
+
 /// Counters of the net device, shared with whoever wants to read them.
 #[derive(Debug, Default)]
 pub struct NetMetrics {
@@ -50,12 +61,19 @@ pub struct NetMetrics {
     pub tx_errors: AtomicU64,
     /// Interrupts raised.
     pub interrupts: AtomicU64,
+    /// Times the worker woke up for a TX queue notification (kicks that arrive while the worker
+    /// is busy merge into one).
+    pub tx_kicks: AtomicU64,
+    /// Times the worker woke up for an RX queue notification (new RX buffers).
+    pub rx_kicks: AtomicU64,
+    /// Batches of frames handed to the backend: `tx_frames / tx_batches` is the mean batch.
+    pub tx_batches: AtomicU64,
     /// Times the driver broke a queue (an avail index more than the queue size ahead); the
     /// queue then stops until the driver resets the device.
     pub broken_queues: AtomicU64,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -240,7 +258,7 @@ pub struct DataPath {
     tx: Queue,
     interrupt: Interrupt,
     cfg: PathConfig,
-    metrics: Arc<NetMetrics>,
+    pub(crate) metrics: Arc<NetMetrics>,
     /// RX chains popped from the avail ring and not used yet, in ring order.
     stash: VecDeque<RxChain>,
     descs: Vec<(GuestAddress, u32)>,
@@ -343,8 +361,22 @@ impl DataPath {
         }
     }
 
-    /// Sends every frame the guest has queued; returns when the TX queue is empty.
+    /// Sends every frame the guest has queued; returns when the TX queue is empty, with kicks
+    /// enabled.
     pub fn process_tx(&mut self, backend: &mut dyn Backend) {
+        self.tx_pass(backend, None);
+    }
+
+    /// Sends every frame the guest has queued, as [`process_tx`](Self::process_tx) does,
+    /// except that a pass which found at least `hold_at` frames leaves the driver's kicks
+    /// disabled and returns [`TxEnd::Holding`]: the queue is busy, and the caller runs the next
+    /// pass after a short while instead of having the driver kick (an exit) for every frame.
+    /// A pass that finds fewer enables kicks and returns [`TxEnd::Idle`].
+    pub fn process_tx_or_hold(&mut self, backend: &mut dyn Backend, hold_at: usize) -> TxEnd {
+        self.tx_pass(backend, Some(hold_at.max(1)))
+    }
+
+    fn tx_pass(&mut self, backend: &mut dyn Backend, hold_at: Option<usize>) -> TxEnd {
         let mem_arc = Arc::clone(&self.mem);
         let mem: &GuestMemory = &mem_arc;
         let hdr_skip = if self.cfg.backend_vnet_hdr {
@@ -358,14 +390,15 @@ impl DataPath {
         // Set when the driver announced buffers (enable_notification said so) and nothing has
         // been popped since.
         let mut announced_unpopped = false;
+        let mut end = TxEnd::Idle;
         loop {
             if !self.check_avail(Which::Tx, mem) {
-                return;
+                return TxEnd::Idle;
             }
             let mut popped = 0usize;
             if let Err(e) = self.tx.disable_notification(mem) {
                 self.queue_error("tx", e);
-                return;
+                return TxEnd::Idle;
             }
             loop {
                 heads.clear();
@@ -416,6 +449,7 @@ impl DataPath {
                         bufs: &slices[r.clone()],
                     })
                     .collect();
+                add(&self.metrics.tx_batches, 1);
                 let sent = match backend.send(&frames) {
                     Ok(n) => n.min(frames.len()),
                     Err(e) => {
@@ -445,6 +479,10 @@ impl DataPath {
             if popped > 0 {
                 announced_unpopped = false;
             }
+            if hold_at.is_some_and(|n| popped >= n) {
+                end = TxEnd::Holding;
+                break;
+            }
             match self.tx.enable_notification(mem) {
                 // Announced twice with nothing popped in between (once is the driver adding
                 // buffers right after our last pop): the ring is unusable (virtio-queue refuses
@@ -470,6 +508,7 @@ impl DataPath {
         if used_any {
             self.notify_used(Which::Tx, mem);
         }
+        end
     }
 
     /// Raises the interrupt if the driver asked for one by now (`VIRTIO_RING_F_EVENT_IDX`, or
@@ -734,3 +773,6 @@ mod tests;
 
 #[cfg(test)]
 mod fuzz_regressions;
+
+#[cfg(test)]
+mod tx_hold_tests;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use virtio_bindings::virtio_net as vnet;
 
@@ -17,7 +18,7 @@ use crate::net::{Backend, BackendInfo, Offloads, VNET_HDR_LEN};
 mod datapath;
 mod worker;
 
-pub use datapath::{ChainError, DataPath, NetMetrics, PathConfig, RxEnd};
+pub use datapath::{ChainError, DataPath, NetMetrics, PathConfig, RxEnd, TxEnd};
 
 /// The virtio device ID of a network card.
 pub const DEVICE_ID_NET: u32 = 1;
@@ -43,7 +44,19 @@ pub struct NetConfig {
     pub queue_size: u16,
     /// A name for logs and for the worker thread (`<name>-io`).
     pub name: String,
+    /// TX coalescing: while the guest sends faster than the worker wakes up (a pass finds
+    /// several frames), the worker keeps the guest's kicks off and looks for frames again after
+    /// this long, so that a stream of frames costs timer wake-ups instead of a guest exit and a
+    /// worker wake-up per frame. A guest that sends one frame at a time is never held.
+    /// [`Duration::ZERO`] turns it off. Default [`DEFAULT_TX_HOLD`].
+    pub tx_hold: Duration,
 }
+
+/// Default [`NetConfig::tx_hold`]: 150 µs (QEMU's virtio-net `tx=timer` mode waits as long).
+pub const DEFAULT_TX_HOLD: Duration = Duration::from_micros(150);
+
+/// The longest [`NetConfig::tx_hold`] taken; longer ones are clamped to it.
+pub const MAX_TX_HOLD: Duration = Duration::from_millis(1);
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -51,6 +64,7 @@ impl Default for NetConfig {
             mac: None,
             queue_size: DEFAULT_QUEUE_SIZE,
             name: "virtio-net".to_owned(),
+            tx_hold: DEFAULT_TX_HOLD,
         }
     }
 }
@@ -58,6 +72,7 @@ impl Default for NetConfig {
 /// A virtio-net device in front of a [`Backend`].
 pub struct Net {
     name: String,
+    tx_hold: Duration,
     info: BackendInfo,
     backend: Option<Box<dyn Backend>>,
     worker: Option<worker::Worker>,
@@ -74,6 +89,7 @@ impl std::fmt::Debug for Net {
             .field("name", &self.name)
             .field("mac", &format_mac(&self.mac))
             .field("features", &format_args!("{:#x}", self.features))
+            .field("tx_hold", &self.tx_hold)
             .field("active", &self.worker.is_some())
             .finish_non_exhaustive()
     }
@@ -178,6 +194,8 @@ impl Net {
         };
         Self {
             name: config.name,
+            // Longer than a millisecond would be a latency no guest wants; clamp it.
+            tx_hold: config.tx_hold.min(MAX_TX_HOLD),
             features: offered_features(&info),
             info,
             backend: Some(backend),
@@ -292,6 +310,7 @@ impl VirtioDevice for Net {
         let path = DataPath::new(mem, rx, tx, interrupt, cfg, Arc::clone(&self.metrics));
         match worker::Worker::spawn(
             format!("{}-io", self.name),
+            self.tx_hold,
             path,
             backend,
             Arc::clone(rx_kick),

@@ -8,9 +8,9 @@
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::datapath::{DataPath, RxEnd};
+use super::datapath::{DataPath, RxEnd, TxEnd, add};
 use crate::event::{Event, Notifier, Poller, Token};
 use crate::net::Backend;
 
@@ -45,6 +45,7 @@ impl Worker {
     /// the thread itself could not be created (it then went down with the thread's closure).
     pub(crate) fn spawn(
         name: String,
+        tx_hold: Duration,
         mut path: DataPath,
         mut backend: Box<dyn Backend>,
         rx_kick: Arc<Notifier>,
@@ -67,6 +68,7 @@ impl Worker {
         let handle = thread::Builder::new().name(name).spawn(move || {
             run(
                 &poller,
+                tx_hold,
                 &mut path,
                 backend.as_mut(),
                 &rx_kick,
@@ -96,8 +98,14 @@ impl Worker {
     }
 }
 
+/// A pass that finds this many frames after a kick means the guest sends faster than one
+/// frame per wake-up: the worker holds kicks off. One frame per kick (request/response, ping)
+/// never holds, so it gets no added latency.
+const HOLD_FROM_KICK: usize = 2;
+
 fn run(
     poller: &Poller,
+    tx_hold: Duration,
     path: &mut DataPath,
     backend: &mut dyn Backend,
     rx_kick: &Notifier,
@@ -108,14 +116,25 @@ fn run(
     // reset are gone, but buffers and frames are not.
     path.process_tx(backend);
     let mut rx_retry = next_retry(path.process_rx(backend), None);
+    let mut rx_retry_at = rx_retry.map(|d| Instant::now() + d);
+    // While TX holds kicks off (the guest is sending faster than a frame per wake-up), when
+    // the next pass is due: the guest queues frames without kicking until then.
+    let mut tx_due: Option<Instant> = None;
     let mut events: Vec<Event> = Vec::with_capacity(8);
     loop {
-        if let Err(e) = poller.wait(&mut events, rx_retry) {
+        let now = Instant::now();
+        let timeout = [tx_due, rx_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now));
+        if let Err(e) = poller.wait(&mut events, timeout) {
             tracing::error!(error = %e, "virtio-net: poller failed; worker stops");
             return;
         }
-        // A timeout is the retry after a receive error.
-        let (mut tx, mut rx) = (false, events.is_empty() && rx_retry.is_some());
+        let now = Instant::now();
+        let mut tx = tx_due.is_some_and(|at| at <= now);
+        let mut rx = rx_retry_at.is_some_and(|at| at <= now);
         for ev in &events {
             match ev.token {
                 STOP => {
@@ -124,10 +143,12 @@ fn run(
                 }
                 TX_KICK => {
                     let _ = tx_kick.consume();
+                    add(&path.metrics.tx_kicks, 1);
                     tx = true;
                 }
                 RX_KICK => {
                     let _ = rx_kick.consume();
+                    add(&path.metrics.rx_kicks, 1);
                     rx = true;
                 }
                 BACKEND => rx = true,
@@ -136,10 +157,19 @@ fn run(
         }
         // TX first: its completions free guest memory the guest may turn into RX buffers.
         if tx {
-            path.process_tx(backend);
+            let end = if tx_hold.is_zero() {
+                path.process_tx(backend);
+                TxEnd::Idle
+            } else {
+                // Once holding, any frame keeps the hold: the guest is still sending.
+                let hold_at = if tx_due.is_some() { 1 } else { HOLD_FROM_KICK };
+                path.process_tx_or_hold(backend, hold_at)
+            };
+            tx_due = (end == TxEnd::Holding).then(|| Instant::now() + tx_hold);
         }
         if rx {
             rx_retry = next_retry(path.process_rx(backend), rx_retry);
+            rx_retry_at = rx_retry.map(|d| Instant::now() + d);
         }
     }
 }

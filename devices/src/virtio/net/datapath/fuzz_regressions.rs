@@ -13,13 +13,14 @@ use crate::net::VNET_HDR_LEN;
 use crate::net::mem::{MemBackend, MemBackendConfig};
 use crate::virtio::{GuestMemory, Interrupt};
 
-const SIZE: u16 = 4;
+pub(super) const SIZE: u16 = 4;
 const VRING_DESC_F_WRITE: u16 = 2;
-const RX_DESC: u64 = 0x0000;
-const RX_AVAIL: u64 = 0x0400;
-const RX_USED: u64 = 0x0600;
+pub(super) const RX_DESC: u64 = 0x0000;
+pub(super) const RX_AVAIL: u64 = 0x0400;
+pub(super) const RX_USED: u64 = 0x0600;
 
-fn queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> Queue {
+/// A ready queue of [`SIZE`] entries with its rings at these addresses.
+pub(super) fn queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> Queue {
     let mut q = Queue::new(SIZE).unwrap();
     q.try_set_desc_table_address(GuestAddress(desc)).unwrap();
     q.try_set_avail_ring_address(GuestAddress(avail)).unwrap();
@@ -30,11 +31,23 @@ fn queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> Queue {
 }
 
 fn write_desc(mem: &GuestMemory, index: u16, addr: u64, len: u32, flags: u16) {
+    write_desc_at(mem, RX_DESC, index, addr, len, flags);
+}
+
+/// Writes descriptor `index` of the table at `table`.
+pub(super) fn write_desc_at(
+    mem: &GuestMemory,
+    table: u64,
+    index: u16,
+    addr: u64,
+    len: u32,
+    flags: u16,
+) {
     let mut d = [0u8; 16];
     d[..8].copy_from_slice(&addr.to_le_bytes());
     d[8..12].copy_from_slice(&len.to_le_bytes());
     d[12..14].copy_from_slice(&flags.to_le_bytes());
-    mem.write_slice(&d, GuestAddress(RX_DESC + 16 * u64::from(index)))
+    mem.write_slice(&d, GuestAddress(table + 16 * u64::from(index)))
         .unwrap();
 }
 
