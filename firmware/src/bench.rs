@@ -54,6 +54,8 @@ pub struct BenchOptions {
     pub vmms: Vec<String>,
     /// The transfers to run (names of [`XFERS`]), in this order.
     pub tests: Vec<String>,
+    /// Extra options for our vmm (e.g. `--tx-hold-us 0`), one word each.
+    pub ours_args: Vec<String>,
     /// The whole emulated-host run is stopped after this long.
     pub timeout: Duration,
     /// The command line to print with the table (how the user ran it).
@@ -70,6 +72,7 @@ impl Default for BenchOptions {
             rounds: 1,
             vmms: VMMS.iter().map(|(n, _)| n.to_string()).collect(),
             tests: XFERS.iter().map(|(n, _)| n.to_string()).collect(),
+            ours_args: Vec::new(),
             timeout: Duration::from_secs(900),
             command: "cargo run --release -p firmware -- bench".into(),
             results: None,
@@ -445,6 +448,13 @@ impl Report {
              vCPUs too) plus its vhost kernel threads. See bench/README.md.\n",
             opts.seconds, opts.pings, opts.rounds
         );
+        if !opts.ours_args.is_empty() {
+            let _ = writeln!(
+                out,
+                "- Our vmm ran with the extra options `{}`.\n",
+                opts.ours_args.join(" ")
+            );
+        }
         if let Some(load) = self.other_load {
             let _ = writeln!(
                 out,
@@ -599,6 +609,18 @@ fn check_names(what: &str, names: &[String], known: &[(&str, &str)]) -> Result<(
     Ok(())
 }
 
+/// The host's kernel command line carries our vmm's extra options as one comma-separated word:
+/// fails on an option it cannot carry.
+fn check_ours_args(args: &[String]) -> Result<()> {
+    if let Some(bad) = args
+        .iter()
+        .find(|a| a.is_empty() || a.contains([',', ' ', '\t', '"', '\'']))
+    {
+        bail!("--ours-args: {bad:?} cannot be passed on (no commas, blanks or quotes)");
+    }
+    Ok(())
+}
+
 /// `firmware bench`: cross-builds the vmm, builds the bench images, boots the emulated host
 /// once with `host.run=bench`, prints the table (and writes it where asked). Returns the
 /// report; [`Report::problems`] says whether every row was measured.
@@ -609,6 +631,7 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     }
     check_names("VMM", &opts.vmms, VMMS)?;
     check_names("test", &opts.tests, XFERS)?;
+    check_ours_args(&opts.ours_args)?;
     let vmm = crate::build_vmm(layout)?;
     let images = crate::build_bench_images(layout, &vmm)?;
     // Per VMM: a boot, the pings at 0.2 s, the iperf3 runs with their set-up, a power-off.
@@ -626,10 +649,11 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     let run_opts = RunOptions {
         timeout: opts.timeout,
         append: format!(
-            "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.seconds={} \
-             host.bench.pings={} host.bench.rounds={}",
+            "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.ours_args={} \
+             host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
             opts.vmms.join(","),
             opts.tests.join(","),
+            opts.ours_args.join(","),
             opts.seconds,
             opts.pings,
             opts.rounds
@@ -793,6 +817,14 @@ BENCH-DONE\n";
             .to_string();
         assert_eq!(e, "test \"udp_g2p\" is named twice");
         assert!(check_names("test", &[], XFERS).is_err());
+    }
+
+    #[test]
+    fn extra_options_for_our_vmm_must_fit_in_one_kernel_parameter() {
+        let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_ours_args(&words(&["--tx-hold-us", "0"])).is_ok());
+        assert!(check_ours_args(&words(&["--cmdline", "a,b"])).is_err());
+        assert!(check_ours_args(&words(&["\"x\""])).is_err());
     }
 
     #[test]

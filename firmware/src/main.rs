@@ -89,6 +89,14 @@ enum Cmd {
             default_value = "tcp_g2p,tcp_p2g,udp_g2p,udp_p2g"
         )]
         tests: Vec<String>,
+        /// Extra options for our vmm, e.g. --ours-args="--tx-hold-us 0".
+        #[arg(
+            long,
+            value_name = "ARGS",
+            allow_hyphen_values = true,
+            default_value = ""
+        )]
+        ours_args: String,
         /// Stop the emulated host after this many seconds [default: 900 per round].
         #[arg(long)]
         timeout: Option<u64>,
@@ -191,6 +199,7 @@ fn run() -> Result<ExitCode> {
             rounds,
             vmms,
             tests,
+            ours_args,
             timeout,
             results,
         } => {
@@ -201,6 +210,7 @@ fn run() -> Result<ExitCode> {
                 rounds: rounds.max(1),
                 vmms,
                 tests,
+                ours_args: ours_args.split_whitespace().map(str::to_string).collect(),
                 timeout: Duration::from_secs(timeout.unwrap_or(900 * u64::from(rounds.max(1)))),
                 command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
                 results,
