@@ -55,6 +55,22 @@ fn datapath_seeds() {
     e.u8(op::INJECT).u16(60).u8(3).u8(op::PROCESS_RX);
     save("net_datapath", "tx_chain_and_rx_frame", &e.0);
 
+    // TX coalescing: two chains make the pass hold kicks off, one more keeps holding, an empty
+    // pass turns kicks back on.
+    let mut e = Enc::new();
+    base.write(&mut e);
+    rx_bufs(&mut e, 1, 2048);
+    e.u8(3);
+    desc(Addr::Buf(0x2000), 72, 0, 0).write(&mut e);
+    desc(Addr::Buf(0x2100), 72, 0, 0).write(&mut e);
+    desc(Addr::Buf(0x2200), 72, 0, 0).write(&mut e);
+    e.u8(0);
+    e.u8(op::PUBLISH_TX).u8(0).u8(op::PUBLISH_TX).u8(1);
+    e.u8(op::PROCESS_TX_HOLD).u8(2);
+    e.u8(op::PUBLISH_TX).u8(2).u8(op::PROCESS_TX_HOLD).u8(1);
+    e.u8(op::PROCESS_TX_HOLD).u8(1);
+    save("net_datapath", "tx_hold_then_idle", &e.0);
+
     // Mergeable buffers, EVENT_IDX and a backend that carries the virtio-net header.
     let mut e = Enc::new();
     Config {
