@@ -48,7 +48,8 @@ pub struct NetConfig {
     /// several frames), the worker keeps the guest's kicks off and looks for frames again after
     /// this long, so that a stream of frames costs timer wake-ups instead of a guest exit and a
     /// worker wake-up per frame. A guest that sends one frame at a time is never held.
-    /// [`Duration::ZERO`] turns it off. Default [`DEFAULT_TX_HOLD`].
+    /// [`Duration::ZERO`] turns it off. Default [`DEFAULT_TX_HOLD`]. On Linux before 5.11 (no
+    /// `epoll_pwait2`) the wait rounds up to a whole millisecond.
     pub tx_hold: Duration,
 }
 
