@@ -616,7 +616,7 @@ fn check_names(what: &str, names: &[String], known: &[(&str, &str)]) -> Result<(
 
 /// The host's kernel command line carries our vmm's extra options as one comma-separated word:
 /// fails on an option it cannot carry.
-fn check_ours_args(args: &[String]) -> Result<()> {
+pub(crate) fn check_ours_args(args: &[String]) -> Result<()> {
     if let Some(bad) = args
         .iter()
         .find(|a| a.is_empty() || a.contains([',', ' ', '\t', '"', '\'']))

@@ -113,6 +113,14 @@ enum Cmd {
         /// Also write the report (Markdown) to this file, e.g. bench/soak.md.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Extra options for our vmm, e.g. --ours-args="--tx-hold-us 0".
+        #[arg(
+            long,
+            value_name = "ARGS",
+            allow_hyphen_values = true,
+            default_value = ""
+        )]
+        ours_args: String,
     },
     /// Cross-build the vmm, build guest and host, boot the host: the whole demo.
     Demo {
@@ -177,11 +185,16 @@ fn run() -> Result<ExitCode> {
             drop(lan);
             Ok(report_guest(&outcome))
         }
-        Cmd::Soak { seconds, results } => {
+        Cmd::Soak {
+            seconds,
+            results,
+            ours_args,
+        } => {
             let args: Vec<String> = std::env::args().skip(1).collect();
             let opts = firmware::soak::SoakOptions {
                 seconds,
                 command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
+                ours_args: ours_args.split_whitespace().map(str::to_string).collect(),
                 results,
             };
             let report = firmware::soak::run(&layout, &opts)?;

@@ -26,6 +26,8 @@ pub struct SoakOptions {
     pub seconds: u32,
     /// The command line, for the report.
     pub command: String,
+    /// Extra options for our vmm (e.g. `--tx-hold-us 0`), one word each.
+    pub ours_args: Vec<String>,
     /// Also write the report (Markdown) here.
     pub results: Option<PathBuf>,
 }
@@ -200,6 +202,7 @@ pub fn run(layout: &Layout, opts: &SoakOptions) -> Result<SoakReport> {
     if !missing.is_empty() {
         bail!("the soak needs:\n  {}", missing.join("\n  "));
     }
+    crate::bench::check_ours_args(&opts.ours_args)?;
     let vmm = crate::build_vmm(layout)?;
     let images = crate::build_bench_images(layout, &vmm)?;
     progress(format!(
@@ -208,7 +211,11 @@ pub fn run(layout: &Layout, opts: &SoakOptions) -> Result<SoakReport> {
     ));
     let run_opts = RunOptions {
         timeout: Duration::from_secs(u64::from(opts.seconds) + 600),
-        append: format!("host.run=soak host.soak.seconds={}", opts.seconds),
+        append: format!(
+            "host.run=soak host.soak.seconds={} host.bench.ours_args={}",
+            opts.seconds,
+            opts.ours_args.join(",")
+        ),
         echo: true,
     };
     let outcome = crate::run_host(layout, &images.host, &run_opts)?;
