@@ -11,11 +11,12 @@
 //! `VolatileSlice`s straight between guest memory and the backend: no copy in the device.
 
 use std::collections::VecDeque;
+use std::num::Wrapping;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::net::{Backend, GuestSlice, RxFrame, TxFrame, VNET_HDR_LEN};
 use crate::ratelimit::RateLimit;
@@ -265,6 +266,11 @@ pub struct DataPath {
     log: RateLimit,
     /// A queue the driver broke: nothing more is processed until reset.
     broken: bool,
+    /// The used index of each queue (RX, TX) when the device last decided whether to
+    /// interrupt: the elements since then are what `used_event` is checked against.
+    checked_used: [Wrapping<u16>; 2],
+    /// RX used elements of the current batch, published together (see `publish_rx_used`).
+    rx_used: Vec<(u16, u32)>,
 }
 
 impl DataPath {
@@ -277,6 +283,7 @@ impl DataPath {
         cfg: PathConfig,
         metrics: Arc<NetMetrics>,
     ) -> Self {
+        let checked_used = [Wrapping(rx.next_used()), Wrapping(tx.next_used())];
         Self {
             mem: Arc::new(mem),
             rx,
@@ -288,6 +295,8 @@ impl DataPath {
             descs: Vec::new(),
             log: RateLimit::guest_errors(),
             broken: false,
+            checked_used,
+            rx_used: Vec::new(),
         }
     }
 
@@ -513,13 +522,74 @@ impl DataPath {
 
     /// Raises the interrupt if the driver asked for one by now (`VIRTIO_RING_F_EVENT_IDX`, or
     /// the `NO_INTERRUPT` flag without it).
+    ///
+    /// The decision is virtio-queue's `needs_notification` rule (Linux's `vring_need_event`),
+    /// taken over the used elements since the last decision by index rather than by counting
+    /// `add_used` calls, because RX publishes its elements without `add_used`.
     fn notify_used(&mut self, which: Which, mem: &GuestMemory) {
-        let q = match which {
-            Which::Rx => &mut self.rx,
-            Which::Tx => &mut self.tx,
+        let (q, slot) = match which {
+            Which::Rx => (&self.rx, 0),
+            Which::Tx => (&self.tx, 1),
         };
-        if q.needs_notification(mem).unwrap_or(true) {
+        let used_idx = Wrapping(q.next_used());
+        let old = std::mem::replace(&mut self.checked_used[slot], used_idx);
+        if used_idx == old {
+            return;
+        }
+        let needed = if q.event_idx_enabled() {
+            // The used ring's writes before the read of used_event (virtio 1.2, 2.7.10).
+            fence(Ordering::SeqCst);
+            let at = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(q.size()));
+            match at.map(|a| mem.read_obj::<u16>(a)) {
+                Some(Ok(event)) => {
+                    let event = Wrapping(u16::from_le(event));
+                    used_idx - event - Wrapping(1) < used_idx - old
+                }
+                // Unreadable (checked at activation, so not expected): interrupt anyway.
+                _ => true,
+            }
+        } else {
+            true
+        };
+        if needed {
             self.signal();
+        }
+    }
+
+    /// Publishes the RX used elements collected in `rx_used`: all of them are written before
+    /// the used index moves, once. A frame spread over several buffers (`num_buffers` > 1)
+    /// must never show partly: Linux's driver, finding the first buffer without the rest,
+    /// drops the frame and then reads the late buffers as frames of their own.
+    /// (virtio-queue's `add_used` moves the index at every element.)
+    fn publish_rx_used(&mut self, mem: &GuestMemory) {
+        if self.rx_used.is_empty() {
+            return;
+        }
+        let size = self.rx.size();
+        let ring = GuestAddress(self.rx.used_ring());
+        let mut next = Wrapping(self.rx.next_used());
+        let mut failed = false;
+        for &(head, len) in &self.rx_used {
+            // Slot `next % size` of the ring: 4 bytes of flags and index, then 8 per element.
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            let at = ring.checked_add(4 + 8 * u64::from(next.0 % size.max(1)));
+            if at.is_none_or(|a| mem.write_slice(&elem, a).is_err()) {
+                failed = true;
+                break;
+            }
+            next += Wrapping(1);
+        }
+        self.rx_used.clear();
+        let idx_at = ring.checked_add(2);
+        let stored =
+            idx_at.is_some_and(|a| mem.store(u16::to_le(next.0), a, Ordering::Release).is_ok());
+        self.rx.set_next_used(next.0);
+        if failed || !stored {
+            // The ring was checked against memory at activation: only a memory map changed
+            // under the device gets here.
+            self.mark_broken(Which::Rx, "the used ring is not writable");
         }
     }
 
@@ -719,9 +789,7 @@ impl DataPath {
                     if k < used {
                         let n = remaining.min(c.cap);
                         remaining -= n;
-                        if let Err(e) = self.rx.add_used(mem, c.head, n as u32) {
-                            self.queue_error("rx", e);
-                        }
+                        self.rx_used.push((c.head, n as u32));
                     } else {
                         keep.push_back(c);
                     }
@@ -730,6 +798,7 @@ impl DataPath {
                 add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
             }
             add(&self.metrics.rx_frames, delivered);
+            self.publish_rx_used(mem);
             // Unfilled frames' chains, then whatever was not planned, stay stashed in order.
             keep.extend(stash.drain(..));
             self.stash = keep;
