@@ -19,6 +19,18 @@ pub(super) const RX_DESC: u64 = 0x0000;
 pub(super) const RX_AVAIL: u64 = 0x0400;
 pub(super) const RX_USED: u64 = 0x0600;
 
+/// A data path configuration for 1518-byte frames, batches of 32, no mergeable buffers.
+pub(super) fn path_config(backend_vnet_hdr: bool) -> PathConfig {
+    PathConfig {
+        backend_vnet_hdr,
+        mrg_rxbuf: false,
+        rx_room: VNET_HDR_LEN + 1518,
+        tx_max: VNET_HDR_LEN + 1518,
+        rx_batch: 32,
+        tx_batch: 32,
+    }
+}
+
 /// A ready queue of [`SIZE`] entries with its rings at these addresses.
 pub(super) fn queue(mem: &GuestMemory, desc: u64, avail: u64, used: u64) -> Queue {
     let mut q = Queue::new(SIZE).unwrap();
@@ -80,14 +92,7 @@ fn rx_buffer_holding_only_the_header_does_not_swallow_the_frames_behind_it() {
     .unwrap();
     let handle = backend.handle();
     let metrics = Arc::new(NetMetrics::default());
-    let cfg = PathConfig {
-        backend_vnet_hdr: true,
-        mrg_rxbuf: false,
-        rx_room: VNET_HDR_LEN + 1518,
-        tx_max: VNET_HDR_LEN + 1518,
-        rx_batch: 32,
-        tx_batch: 32,
-    };
+    let cfg = path_config(true);
     let mut path = DataPath::new(
         mem.clone(),
         rx,
@@ -141,14 +146,7 @@ fn path_with_avail_idx_far_ahead(bogus_tx: bool) -> (DataPath, MemBackend) {
     let avail = if bogus_tx { 0x1400 } else { RX_AVAIL };
     mem.write_obj(SIZE + 1, GuestAddress(avail + 2)).unwrap();
     let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
-    let cfg = PathConfig {
-        backend_vnet_hdr: false,
-        mrg_rxbuf: false,
-        rx_room: VNET_HDR_LEN + 1518,
-        tx_max: VNET_HDR_LEN + 1518,
-        rx_batch: 32,
-        tx_batch: 32,
-    };
+    let cfg = path_config(false);
     let path = DataPath::new(
         mem,
         rx,
@@ -209,14 +207,7 @@ fn path_with_avail_ring_at_zero(bogus_tx: bool) -> (DataPath, MemBackend) {
     };
     mem.write_obj(1u16, GuestAddress(2)).unwrap();
     let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
-    let cfg = PathConfig {
-        backend_vnet_hdr: false,
-        mrg_rxbuf: false,
-        rx_room: VNET_HDR_LEN + 1518,
-        tx_max: VNET_HDR_LEN + 1518,
-        rx_batch: 32,
-        tx_batch: 32,
-    };
+    let cfg = path_config(false);
     let path = DataPath::new(
         mem,
         rx,

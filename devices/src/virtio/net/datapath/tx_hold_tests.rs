@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::fuzz_regressions::{RX_AVAIL, RX_DESC, RX_USED, SIZE, queue, write_desc_at};
-use super::{DataPath, NetMetrics, PathConfig, TxEnd};
+use super::fuzz_regressions::{
+    RX_AVAIL, RX_DESC, RX_USED, SIZE, path_config, queue, write_desc_at,
+};
+use super::{DataPath, NetMetrics, TxEnd};
 use crate::event::Notifier;
 use crate::net::VNET_HDR_LEN;
 use crate::net::mem::{MemBackend, MemBackendConfig, MemBackendHandle};
@@ -41,14 +43,7 @@ impl Tx {
         let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
         let sent = backend.handle();
         let metrics = Arc::new(NetMetrics::default());
-        let cfg = PathConfig {
-            backend_vnet_hdr: false,
-            mrg_rxbuf: false,
-            rx_room: VNET_HDR_LEN + 1518,
-            tx_max: VNET_HDR_LEN + 1518,
-            rx_batch: 32,
-            tx_batch: 32,
-        };
+        let cfg = path_config(false);
         let path = DataPath::new(
             mem.clone(),
             rx,
