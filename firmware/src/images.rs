@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::initramfs::Initramfs;
 use crate::modules::ModuleTree;
-use crate::{GUEST_INIT, GUEST_UDHCPC_SCRIPT, HOST_INIT, Layout, apt, bundle, deb, elf, progress};
+use crate::{
+    GUEST_INIT, GUEST_UDHCPC_SCRIPT, HOST_INIT, Layout, apt, bundle, deb, elf, fetch, progress,
+};
 
 /// The metapackage that names Debian's current arm64 kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-arm64:arm64";
@@ -56,13 +58,46 @@ struct Kernel {
     modules: ModuleTree,
 }
 
-/// `.deb` files the user downloaded, used instead of asking apt (a Mac has no apt).
+/// Where the guest's packages come from instead of apt (a Mac has no apt): `.deb` files the
+/// user downloaded, or a Debian mirror the fetcher reads directly.
 #[derive(Debug, Clone, Default)]
 pub struct DebSources {
     /// A `linux-image-*-arm64` package.
     pub kernel: Option<PathBuf>,
     /// A `busybox-static` arm64 package.
     pub busybox: Option<PathBuf>,
+    /// A Debian mirror to fetch (and verify) both packages from, when they are not given.
+    pub mirror: Option<fetch::Mirror>,
+    /// With `mirror`: ask it for new indexes even if cached ones exist.
+    pub refresh: bool,
+}
+
+impl DebSources {
+    /// The packages from `mirror` (see [`fetch`]).
+    pub fn mirror(mirror: fetch::Mirror) -> Self {
+        Self {
+            mirror: Some(mirror),
+            ..Self::default()
+        }
+    }
+
+    /// With a mirror and no `.deb` files given: the two files fetched and verified from it.
+    fn fetched(&self, layout: &Layout) -> Result<Self> {
+        let Some(mirror) = self.mirror.as_ref().filter(|_| self.kernel.is_none()) else {
+            return Ok(self.clone());
+        };
+        progress(format!(
+            "fetching the guest's packages from {} and {} (no apt)",
+            mirror.debian, mirror.security
+        ));
+        let (kernel, busybox) = fetch::fetch_guest_debs(&layout.cache(), mirror, self.refresh)?;
+        Ok(Self {
+            kernel: Some(kernel.path),
+            busybox: self.busybox.clone().or(Some(busybox.path)),
+            mirror: None,
+            refresh: false,
+        })
+    }
 }
 
 fn prepare_kernel(layout: &Layout, sources: &DebSources) -> Result<Kernel> {
@@ -159,9 +194,11 @@ pub fn build_guest(layout: &Layout) -> Result<GuestImages> {
     build_guest_from(layout, &DebSources::default())
 }
 
-/// [`build_guest`] from `.deb` files given by the user where `sources` names them (no apt).
+/// [`build_guest`] from `.deb` files given by the user where `sources` names them, or from
+/// the mirror it names (no apt).
 pub fn build_guest_from(layout: &Layout, sources: &DebSources) -> Result<GuestImages> {
     let start = Instant::now();
+    let sources = &sources.fetched(layout)?;
     let kernel = prepare_kernel(layout, sources)?;
     let dir = layout.guest_dir();
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

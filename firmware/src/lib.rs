@@ -31,6 +31,7 @@ pub mod console;
 pub mod cpio;
 mod deb;
 mod elf;
+pub mod fetch;
 mod images;
 mod initramfs;
 mod lan;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use firmware::fetch::Mirror;
 use firmware::{GuestImages, HostImages, Lan, Layout, RunOptions, RunOutcome};
 
 #[derive(Debug, Parser)]
@@ -22,9 +23,22 @@ struct Cli {
 enum Cmd {
     /// Build guest/Image and guest/initramfs.cpio.gz from Debian's arm64 packages.
     ///
-    /// With apt (Debian, Ubuntu) the packages are found and downloaded; elsewhere (a Mac) give
-    /// the two `.deb` files downloaded from a Debian mirror.
+    /// With --mirror (or $VMNET_DEBIAN_MIRROR) the packages are fetched from that Debian
+    /// mirror and verified against Debian's archive keys, on any OS; otherwise apt finds and
+    /// downloads them; offline, give the two `.deb` files.
     Guest {
+        /// A Debian mirror to fetch the packages from without apt, e.g.
+        /// https://HOST/debian [default: $VMNET_DEBIAN_MIRROR].
+        #[arg(long, value_name = "URL", conflicts_with = "kernel_deb")]
+        mirror: Option<String>,
+        /// Its security archive [default: $VMNET_DEBIAN_SECURITY_MIRROR, or the mirror URL
+        /// with `-security` appended, e.g. https://HOST/debian-security].
+        #[arg(long, value_name = "URL", requires = "mirror")]
+        security_mirror: Option<String>,
+        /// Ask the mirror for new indexes even if cached ones exist (a run without it reuses
+        /// the cache and makes no network request).
+        #[arg(long)]
+        refresh: bool,
         /// A `linux-image-*-arm64_*.deb` to use instead of asking apt.
         #[arg(long, value_name = "DEB", requires = "busybox_deb")]
         kernel_deb: Option<PathBuf>,
@@ -148,12 +162,30 @@ fn run() -> Result<ExitCode> {
         .unwrap_or_else(Layout::default_for_workspace);
     match cli.command {
         Cmd::Guest {
+            mirror,
+            security_mirror,
+            refresh,
             kernel_deb,
             busybox_deb,
         } => {
+            let mirror = if kernel_deb.is_some() {
+                None
+            } else {
+                Mirror::from_args_or_env(mirror.as_deref(), security_mirror.as_deref())
+            };
+            if mirror.is_none() && kernel_deb.is_none() && !has_apt() {
+                anyhow::bail!(
+                    "no apt here: give a Debian mirror, e.g. `firmware guest --mirror \
+                     https://HOST/debian` (or set {}), or the two .deb files with \
+                     --kernel-deb and --busybox-deb",
+                    firmware::fetch::MIRROR_ENV
+                );
+            }
             let sources = firmware::DebSources {
                 kernel: kernel_deb,
                 busybox: busybox_deb,
+                mirror,
+                refresh,
             };
             firmware::build_guest_from(&layout, &sources)?;
             Ok(ExitCode::SUCCESS)
@@ -255,6 +287,12 @@ fn run() -> Result<ExitCode> {
             Ok(report_host(&outcome))
         }
     }
+}
+
+/// Whether `apt-get` is on the PATH.
+fn has_apt() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("apt-get").is_file()))
 }
 
 fn existing_guest(layout: &Layout) -> Result<GuestImages> {
