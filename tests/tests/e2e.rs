@@ -2,7 +2,8 @@
 //! KVM inside) and the guest pings a LAN peer through our virtio-net device and the host's tap.
 //!
 //! Needs qemu-system-aarch64, the arm64 cross toolchain and apt (arm64 architecture added);
-//! without them the test prints `SKIPPED: ...` and returns. Not root: the LAN lives inside the
+//! without them the test prints `SKIPPED: ...` and returns. The guest's packages are fetched
+//! without apt from the Debian mirror of the apt sources (`firmware guest --mirror`). Not root: the LAN lives inside the
 //! emulated host.
 
 use std::time::{Duration, Instant};
@@ -66,8 +67,13 @@ fn e2e_guest_pings_lan() {
         let vmm = firmware::build_vmm(&layout).expect("cross-build the vmm");
         builds.push(("vmm (aarch64 static)", t.elapsed()));
         let t = Instant::now();
-        let guest = firmware::build_guest(&layout).expect("build the guest images");
-        builds.push(("guest images", t.elapsed()));
+        // The guest's packages come through the fetcher (no apt), from the Debian mirror the
+        // machine's apt sources name: the path a Mac user takes. The host keeps apt.
+        let mirror = firmware::fetch::mirror_from_apt_sources(std::path::Path::new("/etc/apt"))
+            .expect("no http(s) Debian bookworm mirror in /etc/apt's sources");
+        let sources = firmware::DebSources::mirror(mirror);
+        let guest = firmware::build_guest_from(&layout, &sources).expect("build the guest images");
+        builds.push(("guest images (fetched)", t.elapsed()));
         let t = Instant::now();
         let host = firmware::build_host(&layout, Some(&vmm), &guest).expect("build the host");
         builds.push(("host images", t.elapsed()));

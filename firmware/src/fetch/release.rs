@@ -54,7 +54,10 @@ impl Keyring {
         let (mut key, _) = SignedPublicKey::from_string(armored).map_err(|e| e.to_string())?;
         // Only the self-signatures matter here: certifications of the user ids by other keys
         // (Debian's keys carry some) cannot be checked without those keys, and are dropped.
-        let (fpr, id) = (key.primary_key.fingerprint(), key.primary_key.legacy_key_id());
+        let (fpr, id) = (
+            key.primary_key.fingerprint(),
+            key.primary_key.legacy_key_id(),
+        );
         for user in &mut key.details.users {
             user.signatures.retain(|s| {
                 s.issuer_fingerprint().contains(&&fpr) || s.issuer_key_id().contains(&&id)
