@@ -83,3 +83,68 @@ impl Http for UreqHttp {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::thread;
+
+    use super::*;
+
+    /// Serves `responses` (status line and body) in turn on 127.0.0.1, one per connection.
+    fn serve(responses: Vec<(&'static str, Vec<u8>)>) -> (String, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = thread::spawn(move || {
+            for (status, body) in responses {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&body).unwrap();
+            }
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn ureq_layer_maps_answers_to_fetch_errors() {
+        let (url, server) = serve(vec![
+            ("200 OK", b"signed bytes".to_vec()),
+            ("404 Not Found", Vec::new()),
+            ("200 OK", vec![7; 100]),
+        ]);
+        let http = UreqHttp::new();
+        let mut out = Vec::new();
+        assert_eq!(http.get(&format!("{url}/a"), 100, &mut out).unwrap(), 12);
+        assert_eq!(out, b"signed bytes");
+        let err = http
+            .get(&format!("{url}/b"), 100, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Status { status: 404, .. }),
+            "{err}"
+        );
+        // Longer than the signed size: refused, not stored.
+        let err = http
+            .get(&format!("{url}/c"), 10, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Malformed { .. }), "{err}");
+        server.join().unwrap();
+
+        // Nobody listening: the mirror does not answer.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/d", closed.local_addr().unwrap());
+        drop(closed);
+        let err = http.get(&url, 10, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+    }
+}

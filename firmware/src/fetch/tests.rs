@@ -394,6 +394,34 @@ fn stale_and_misplaced_inreleases_are_refused() {
 }
 
 #[test]
+fn a_refresh_that_goes_back_in_time_is_refused() {
+    let key = keygen(true);
+    let mirror = FakeMirror::default();
+    publish(&mirror, &key);
+    let cache = temp_cache("rollback");
+    fetcher(&mirror, &cache, &key)
+        .guest_debs(&sources())
+        .unwrap();
+    // The mirror now serves an older (validly signed) bookworm InRelease.
+    let url = format!("{MIRROR}/dists/{SUITE}/InRelease");
+    let old = release(SUITE, b"", None).replace("28 Nov 2026", "01 Nov 2026");
+    mirror.put(&url, sign(&key, &old));
+    let public = SignedPublicKey::from(key.clone());
+    let mut f = Fetcher::new(&mirror, &cache, Keyring::from_keys(vec![public]), true);
+    f.set_now(UNIX_EPOCH + Duration::from_secs(1_795_834_380 + 2 * 86_400));
+    let err = f.guest_debs(&sources()).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Stale { ref detail, .. } if detail.contains("before the cached")),
+        "{err}"
+    );
+    // The cached copy stays the newer one.
+    let cached =
+        fs::read_to_string(cache.join("fetch/dists").join(SUITE).join("InRelease")).unwrap();
+    assert!(cached.contains("28 Nov 2026"));
+    let _ = fs::remove_dir_all(&cache);
+}
+
+#[test]
 fn a_suite_without_an_arm64_kernel_says_so() {
     let key = keygen(true);
     let mirror = FakeMirror::default();
