@@ -4,12 +4,13 @@
 //! **The binding itself is macOS-only.** On other systems this crate builds with its portable
 //! modules only (status codes and errors, option validation and the exact `interface_desc`
 //! contents, interface parameters, iovec and batch bookkeeping, the linearising write fallback,
-//! readiness, port-forwarding rules and a small ARP/ICMP responder), so that the logic that does
-//! not need a Mac is compiled and unit-tested everywhere.
+//! readiness and port-forwarding rules), so that the logic that does not need a Mac is compiled
+//! and unit-tested everywhere. Programs that use the binding are in the workspace's `examples`
+//! package (`vmnet_echo`, `vmnet_async`).
 //!
 //! # Shape
 //!
-//! - [`Options`] describes the interface (mode host/shared/bridged, DHCP range, MTU, offloads…)
+//! - [`Options`] describes the interface (mode host, shared or bridged; DHCP range, MTU, offloads…)
 //!   and is validated before any call into the framework.
 //! - `Interface::start` (macOS) starts the interface, waits for the framework's completion handler
 //!   with a timeout and returns with its [`InterfaceParams`] (MAC, MTU, maximum packet size,
@@ -56,7 +57,6 @@
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod echo;
 pub mod error;
 pub mod forward;
 pub mod iov;

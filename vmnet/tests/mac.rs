@@ -53,16 +53,14 @@ mod not_mac {
 
 #[cfg(target_os = "macos")]
 mod mac {
-    use std::future::Future;
     use std::net::Ipv4Addr;
-    use std::pin::pin;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::task::{Context, Poll, Wake, Waker};
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use vmnet::echo::{Responder, arp_request, echo_request};
+    use examples::echo::{Responder, arp_request, echo_request};
+    use examples::exec::block_on;
     use vmnet::{AsyncInterface, Error, Interface, Options};
 
     const START: Duration = Duration::from_secs(15);
@@ -207,25 +205,6 @@ mod mac {
         b.stop(STOP).unwrap();
         assert!(got, "no ARP reply");
         assert!(pong, "no echo reply");
-    }
-
-    struct ThreadWaker(thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    fn block_on<F: Future>(fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return v;
-            }
-            thread::park_timeout(Duration::from_millis(100));
-        }
     }
 
     #[test]
