@@ -1,4 +1,5 @@
-//! Images and runner for the end-to-end test bed (shared DESIGN.md, "Tests, from fast to real").
+//! Images and runner for the end-to-end test bed (docs/design.md, "Tests, from fast to real"
+//! and "Toolchain and test bed").
 //!
 //! Everything is made from Debian's arm64 packages, so a fresh CI machine can rebuild it:
 //!

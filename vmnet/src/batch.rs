@@ -7,8 +7,9 @@
 //! pointing at its run of iovecs. After a read, each descriptor's `vm_pkt_size` is the received
 //! length ([`Batch::received_len`]).
 //!
-//! Batch sizes follow DESIGN.md: at most [`MAX_BATCH`] (128) packets per call, because public
-//! tuning found no gain above 128, and never more than the interface's read/write maximum.
+//! Batch sizes follow docs/design.md ("vmnet facts"): at most [`MAX_BATCH`] (128) packets per
+//! call, because public tuning found no gain above 128, and never more than the interface's
+//! read/write maximum.
 
 use std::ops::Range;
 

@@ -25,7 +25,7 @@
 //!   vCPU sleeping in WFI; a vCPU returns [`VcpuExit::Stopped`] on its next exit.
 //!
 //! Every framework call and the header it was written against are listed in
-//! `docs/macos-checklist-hvf.md`.
+//! `docs/macos-checklist.md` (section "Hypervisor.framework").
 
 use std::ffi::c_void;
 use std::io;
