@@ -71,15 +71,20 @@ mod tests {
     fn a_future_completed_by_another_thread_wakes_the_caller() {
         let slot = Arc::new(Mutex::new(Slot::default()));
         let other = slot.clone();
-        let t = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(20));
+        // block_on runs on its own thread, so that a lost wake-up fails the test (no answer
+        // within the timeout) instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(block_on(Wait(slot)));
+        });
+        thread::sleep(Duration::from_millis(20));
+        {
             let mut s = other.lock().unwrap();
             s.value = Some(7);
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
-        });
-        assert_eq!(block_on(Wait(slot)), 7);
-        t.join().unwrap();
+        }
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(7));
     }
 }
