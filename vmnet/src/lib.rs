@@ -60,6 +60,7 @@ pub mod echo;
 pub mod error;
 pub mod forward;
 pub mod iov;
+pub mod limits;
 pub mod linearize;
 pub mod options;
 pub mod params;
