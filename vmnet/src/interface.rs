@@ -536,7 +536,7 @@ impl Interface {
         let mut last_full = false;
         for range in batch.calls(0..batch.len(), self.params.read_max_packets) {
             let want = range.len();
-            let result = if lin.is_needed() && batch.has_multi_iov(range.clone()) {
+            let result = if lin.bounces_up_front(batch, range.clone()) {
                 // SAFETY: the caller vouches for the iovecs.
                 unsafe { self.read_bounced(batch, lin, range) }
             } else {
@@ -690,7 +690,7 @@ impl Interface {
         let mut total = 0;
         for range in batch.calls(0..batch.len(), self.params.write_max_packets) {
             let want = range.len();
-            let result = if lin.is_needed() && batch.has_multi_iov(range.clone()) {
+            let result = if lin.bounces_up_front(batch, range.clone()) {
                 // SAFETY: the caller vouches for the iovecs; the flat batch is used at once.
                 let flat = unsafe { lin.linearize(batch, range.clone()) };
                 // SAFETY: the flat batch points into `lin`'s buffers or the caller's memory.

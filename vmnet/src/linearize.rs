@@ -106,6 +106,24 @@ impl Linearizer {
         !self.needed && status == Status::InvalidArgument && batch.has_multi_iov(range)
     }
 
+    /// Whether a read or write of `batch[range]` goes through bounce buffers up front: the
+    /// framework refused multi-iovec packets before, and some packet of the range has several.
+    ///
+    /// ```
+    /// use vmnet::{batch::Batch, iov::iovec_ref, linearize::Linearizer};
+    ///
+    /// let (a, b) = ([0u8; 4], [0u8; 4]);
+    /// let mut batch = Batch::new();
+    /// batch.push([iovec_ref(&a), iovec_ref(&b)], 0);
+    /// let mut lin = Linearizer::new();
+    /// assert!(!lin.bounces_up_front(&batch, 0..1));
+    /// lin.mark_needed();
+    /// assert!(lin.bounces_up_front(&batch, 0..1));
+    /// ```
+    pub fn bounces_up_front(&self, batch: &Batch, range: Range<usize>) -> bool {
+        self.needed && batch.has_multi_iov(range)
+    }
+
     /// A batch holding the packets `src[range]` with one iovec each: single-iovec packets are
     /// passed through, the others are copied into bounce buffers owned by `self`.
     ///
@@ -434,6 +452,25 @@ mod tests {
         unsafe { lin.scatter_back(&mut dst, 0..1, 1) };
         assert_eq!(dst.received_len(0), 4);
         assert_eq!((a, b), ([5; 2], [5; 2]));
+    }
+
+    #[test]
+    fn reads_and_writes_take_the_direct_path_until_a_refusal_then_bounce() {
+        use crate::iov::iovec_mut;
+        let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 4], [0u8; 8]);
+        let mut rx = Batch::new();
+        rx.push([iovec_mut(&mut a), iovec_mut(&mut b)], 0);
+        rx.push([iovec_mut(&mut c)], 0);
+        let mut lin = Linearizer::new();
+        // First read: direct; a refusal of the multi-iovec packet switches to bouncing.
+        assert!(!lin.bounces_up_front(&rx, 0..2));
+        assert!(lin.should_fall_back(Status::InvalidArgument, &rx, 0..2));
+        // A refusal of single-iovec packets only has another cause.
+        assert!(!lin.should_fall_back(Status::InvalidArgument, &rx, 1..2));
+        lin.mark_needed();
+        assert!(lin.bounces_up_front(&rx, 0..2));
+        // Calls without multi-iovec packets stay direct even then.
+        assert!(!lin.bounces_up_front(&rx, 1..2));
     }
 
     #[test]
