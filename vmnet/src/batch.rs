@@ -346,7 +346,9 @@ impl Batch {
     }
 
     /// Checks that every packet can receive a whole packet: capacity of at least
-    /// `max_packet_size` (the header's requirement for `vmnet_read` buffers).
+    /// `max_packet_size` (the header's requirement for `vmnet_read` buffers; pass
+    /// [`FrameLimits::read_capacity`](crate::limits::FrameLimits::read_capacity), which adds the
+    /// virtio-net header where the interface carries it).
     ///
     /// ```
     /// let buf = [0u8; 1000];
@@ -367,7 +369,8 @@ impl Batch {
     }
 
     /// Checks that no packet is larger than `max_packet_size` (the header's limit for
-    /// `vmnet_write`).
+    /// `vmnet_write`; pass [`FrameLimits::max_packet`](crate::limits::FrameLimits::max_packet),
+    /// which follows the interface's mode).
     ///
     /// ```
     /// let buf = [0u8; 2000];

@@ -337,7 +337,7 @@ impl Interface {
     /// ```no_run
     /// # fn f(iface: &vmnet::Interface) {
     /// let p = iface.params();
-    /// let bufs = vec![vec![0u8; p.max_packet_size]; p.read_batch()];
+    /// let bufs = vec![vec![0u8; iface.limits().read_capacity()]; p.read_batch()];
     /// # }
     /// ```
     pub fn params(&self) -> &InterfaceParams {
