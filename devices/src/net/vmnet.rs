@@ -24,8 +24,9 @@
 //! whether `vmnet_max_packet_size_key` counts the header, so the limit holds under either
 //! reading), with TSO a whole 64 KiB GSO frame; receive buffers get the same capacity. A TX frame
 //! above the limit is dropped, counted ([`VmnetBackend::dropped_oversize`]) and logged at warn,
-//! rate-limited; a batch vmnet refuses as too big (`VMNET_PACKET_TOO_BIG`) is dropped like a
-//! full ring and counted too ([`VmnetBackend::refused_too_big`]). Every `vmnet_read` and
+//! rate-limited; when vmnet refuses a batch as too big (`VMNET_PACKET_TOO_BIG`), its packets are
+//! written one by one and only those vmnet refuses are dropped, counted
+//! ([`VmnetBackend::refused_too_big`]) and logged the same way. Every `vmnet_read` and
 //! `vmnet_write` stays within Apple's per-call limits (200 packets, 256 KiB), which the `vmnet`
 //! crate enforces by splitting a batch into several calls.
 //!
@@ -82,6 +83,8 @@ pub struct VmnetBackend {
     tx: Batch,
     /// For each packet of `tx`, the index of its frame.
     tx_frames: Vec<usize>,
+    /// One packet of `tx` at a time, after vmnet refused a batch as too big.
+    single: Batch,
     limits: FrameLimits,
     dropped_oversize: u64,
     refused_too_big: u64,
@@ -160,6 +163,7 @@ impl VmnetBackend {
             rx: Batch::with_capacity(rb, rb * 2),
             tx: Batch::with_capacity(wb, wb * 4),
             tx_frames: Vec::with_capacity(wb),
+            single: Batch::with_capacity(1, 8),
             limits,
             dropped_oversize: 0,
             refused_too_big: 0,
@@ -187,13 +191,51 @@ impl VmnetBackend {
         self.dropped_oversize
     }
 
-    /// Send batches vmnet refused with `VMNET_PACKET_TOO_BIG` (their frames were dropped).
+    /// TX frames vmnet refused with `VMNET_PACKET_TOO_BIG` (they were dropped; the other frames
+    /// of their batch were sent one by one).
     ///
     /// ```no_run
     /// # fn f(b: &devices::net::vmnet::VmnetBackend) { assert_eq!(b.refused_too_big(), 0); }
     /// ```
     pub fn refused_too_big(&self) -> u64 {
         self.refused_too_big
+    }
+
+    /// After vmnet refused the TX batch with `VMNET_PACKET_TOO_BIG` (Apple's documentation:
+    /// "packet size exceeding the maximum transmission unit"): writes its packets one per call,
+    /// so that only the packets vmnet refuses are dropped (counted and logged at warn,
+    /// rate-limited). Returns what [`Backend::send`] returns for `frames_len` frames.
+    ///
+    /// Assumes a refused `vmnet_write` wrote nothing (not documented either way).
+    fn send_singly(&mut self, frames_len: usize) -> io::Result<usize> {
+        for k in 0..self.tx.len() {
+            self.single.clear();
+            self.single.push(self.tx.packet_iovs(k).iter().copied(), 0);
+            // SAFETY: the iovecs are those of `self.tx`, which describe the guest buffers of the
+            // frames `send` was given: valid for `'m`, only read by vmnet, not written meanwhile.
+            match unsafe { self.iface.write_iovecs(&mut self.single) } {
+                Ok(1) => {}
+                // The host's queue is full (or took nothing): the rest is dropped like a full ring.
+                Ok(_) => return Ok(self.tx_frames[k]),
+                Err(e) if e.status() == Some(Status::BufferExhausted) => {
+                    return Ok(self.tx_frames[k]);
+                }
+                Err(e) if e.status() == Some(Status::PacketTooBig) => {
+                    self.refused_too_big += 1;
+                    warn_limited!(
+                        self.log,
+                        len = self.tx.packet_len(k),
+                        max = self.limits.max_packet(),
+                        refused = self.refused_too_big,
+                        "vmnet: the interface refused a TX frame as too big; dropping it"
+                    );
+                }
+                Err(e) if k == 0 => return Err(to_io(e)),
+                // Report what went before the failure rather than losing it.
+                Err(_) => return Ok(self.tx_frames[k]),
+            }
+        }
+        Ok(frames_len)
     }
 
     /// Lays out `frames` into the RX batch; returns how many frames it holds.
@@ -299,16 +341,9 @@ impl Backend for VmnetBackend {
             // The host's queue is full: like a full NIC ring, the device drops the frames.
             Err(e) if e.status() == Some(Status::BufferExhausted) => 0,
             // vmnet's own size limit is below ours (it counts the header in the maximum packet
-            // size after all, or refuses a TSO frame): drop, count and say so.
+            // size after all, or refuses a TSO frame): find the packets it refuses.
             Err(e) if e.status() == Some(Status::PacketTooBig) => {
-                self.refused_too_big += 1;
-                warn_limited!(
-                    self.log,
-                    refused = self.refused_too_big,
-                    max = self.limits.max_packet(),
-                    "vmnet: the interface refused a TX batch as too big; its frames are dropped"
-                );
-                0
+                return self.send_singly(frames.len());
             }
             Err(e) => return Err(to_io(e)),
         };
