@@ -42,7 +42,7 @@
 //!
 //! let iface = Interface::start(&Options::shared(), Duration::from_secs(10))?;
 //! let params = iface.params().clone();
-//! let mut bufs = vec![vec![0u8; params.max_packet_size]; params.read_batch()];
+//! let mut bufs = vec![vec![0u8; iface.limits().read_capacity()]; params.read_batch()];
 //! let mut lens = vec![0usize; bufs.len()];
 //! if iface.wait_readable(Some(Duration::from_secs(5)))? {
 //!     let n = iface.read_batch(&mut bufs, &mut lens)?;
@@ -60,6 +60,7 @@ pub mod batch;
 pub mod error;
 pub mod forward;
 pub mod iov;
+pub mod limits;
 pub mod linearize;
 pub mod options;
 pub mod params;
