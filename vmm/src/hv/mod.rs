@@ -24,8 +24,8 @@ pub enum VcpuExit {
     /// Nothing for the loop to do (an MMIO access was completed, a WFI woke up, ...).
     Continue,
     /// An HVC or SMC call for the VMM's PSCI/SMCCC handler: function ID in `x0`, arguments in
-    /// `x1`-`x3`. The backend has already moved the PC past an SMC; write the result with
-    /// [`Vcpu::set_x0`].
+    /// `x1`-`x3`. The backend has already moved the PC past the HVC or SMC; write the result
+    /// with [`Vcpu::set_x0`].
     Hypercall {
         /// Function ID.
         x0: u64,
