@@ -166,8 +166,6 @@ fn timeout_ms(timeout: Option<Duration>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::thread;
     use std::time::Instant;
 
     #[test]
@@ -239,7 +237,9 @@ mod tests {
     fn notify_from_another_thread_wakes_a_blocked_waiter() {
         #[cfg(target_os = "linux")]
         {
+            use std::sync::Arc;
             use std::sync::atomic::{AtomicBool, Ordering};
+            use std::thread;
             let n = Arc::new(Notifier::new().unwrap());
             let returned = Arc::new(AtomicBool::new(false));
             let (tid_tx, tid_rx) = std::sync::mpsc::channel();
