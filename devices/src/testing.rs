@@ -111,29 +111,16 @@ impl RawDescriptor {
 
     /// Decodes 16 bytes of a descriptor table.
     pub fn from_bytes(d: [u8; 16]) -> Self {
-        let [
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
-            a7,
-            l0,
-            l1,
-            l2,
-            l3,
-            f0,
-            f1,
-            n0,
-            n1,
-        ] = d;
+        let (mut addr, mut len, mut flags, mut next) = ([0u8; 8], [0u8; 4], [0u8; 2], [0u8; 2]);
+        addr.copy_from_slice(&d[..8]);
+        len.copy_from_slice(&d[8..12]);
+        flags.copy_from_slice(&d[12..14]);
+        next.copy_from_slice(&d[14..]);
         Self {
-            addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-            len: u32::from_le_bytes([l0, l1, l2, l3]),
-            flags: u16::from_le_bytes([f0, f1]),
-            next: u16::from_le_bytes([n0, n1]),
+            addr: u64::from_le_bytes(addr),
+            len: u32::from_le_bytes(len),
+            flags: u16::from_le_bytes(flags),
+            next: u16::from_le_bytes(next),
         }
     }
 
