@@ -727,39 +727,69 @@ mod tests {
     use crate::virtio::net::{Net, NetConfig};
 
     /// Long enough for the device's worker to publish a used buffer on a loaded machine.
-    const WAIT: Duration = Duration::from_secs(1);
+    const WAIT: Duration = Duration::from_millis(1500);
+    /// How long after a wait began the device gets the work that it then completes without an
+    /// interrupt: a used buffer already there when a wait begins needs no interrupt.
+    const LATER: Duration = Duration::from_millis(400);
 
     /// A net device and a driver listening on a notifier of its own instead of the device's:
-    /// every interrupt the device raises is lost to the driver.
-    fn deaf_driver() -> (DriverSim, MemBackendHandle) {
+    /// every interrupt the device raises is lost to the driver. Also returns the transport, for
+    /// kicks from another thread.
+    fn deaf_driver() -> (DriverSim, MemBackendHandle, SharedMmioDevice) {
         let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
         let handle = backend.handle();
         let net = Net::new(Box::new(backend), NetConfig::default());
         let mem = memory();
         let device_irq = Notifier::new().unwrap();
-        let transport = MmioTransport::new(Box::new(net), mem.clone(), device_irq).unwrap();
+        let transport: SharedMmioDevice = Arc::new(Mutex::new(
+            MmioTransport::new(Box::new(net), mem.clone(), device_irq).unwrap(),
+        ));
         let sim = DriverSim::new(
             mem,
-            Arc::new(Mutex::new(transport)),
+            transport.clone(),
             Notifier::new().unwrap(),
             GuestAddress(0x20_0000),
             0x80_0000,
         );
-        (sim, handle)
+        (sim, handle, transport)
     }
 
     #[test]
     fn waits_fail_when_the_interrupt_is_lost_and_polling_is_an_explicit_choice() {
         for event_idx in [0, features::RING_EVENT_IDX] {
-            let (mut sim, backend) = deaf_driver();
+            let (mut sim, backend, transport) = deaf_driver();
             assert_eq!(sim.init(event_idx, 64).unwrap() & event_idx, event_idx);
-            sim.send_frame(&[0x11; 60]).unwrap();
+            // A frame received (by polling) shows the worker past its first passes: from here
+            // on it sees a TX buffer only when kicked.
+            sim.set_wait_mode(WaitMode::Poll(Duration::from_millis(5)));
+            sim.post_rx_buffers(4, 2048).unwrap();
+            backend.inject(&[0x21; 60]);
+            assert_eq!(sim.recv_frames(1, WAIT).unwrap(), vec![vec![0x21; 60]]);
+
+            // A TX buffer kicked, and an RX frame arriving, while the driver waits.
+            sim.set_wait_mode(WaitMode::Interrupt);
+            sim.queue_frame(&[0x11; 60]).unwrap();
+            let kick = std::thread::spawn({
+                let transport = transport.clone();
+                move || {
+                    std::thread::sleep(LATER);
+                    let mut t = transport.lock().unwrap();
+                    t.write(regs::QUEUE_NOTIFY, &1u32.to_le_bytes());
+                }
+            });
             let r = sim.wait_used(1, 1, WAIT);
             assert!(matches!(r, Err(SimError::LostInterrupt(1))), "{r:?}");
-            sim.post_rx_buffers(2, 2048).unwrap();
-            backend.inject(&[0x22; 60]);
+            kick.join().unwrap();
+            let inject = std::thread::spawn({
+                let backend = backend.clone();
+                move || {
+                    std::thread::sleep(LATER);
+                    backend.inject(&[0x22; 60]);
+                }
+            });
             let r = sim.recv_frames(1, WAIT);
             assert!(matches!(r, Err(SimError::LostInterrupt(0))), "{r:?}");
+            inject.join().unwrap();
 
             // The same waits succeed when the test asks for polling.
             sim.set_wait_mode(WaitMode::Poll(Duration::from_millis(5)));
