@@ -262,7 +262,10 @@ impl<H: Http> Fetcher<H> {
         let source = sources
             .iter()
             .find(|s| s.suite == package.suite)
-            .unwrap_or(&sources[0]);
+            .ok_or_else(|| FetchError::NoPackage {
+                package: format!("{} {}", package.name, package.version),
+                suites: format!("the sources given (none is {})", package.suite),
+            })?;
         let url = format!("{}/{}", source.url, package.filename);
         let name = package
             .filename
@@ -310,13 +313,19 @@ impl<H: Http> Fetcher<H> {
         let old = match fs::read_to_string(&cached) {
             Ok(text) => {
                 let what = format!("{} (cached)", cached.display());
-                let release = self.check_release(&what, &text, &source.suite)?;
-                if !self.refresh {
-                    return Ok(release);
+                match self.check_release(&what, &text, &source.suite) {
+                    Ok(release) if !self.refresh => return Ok(release),
+                    Ok(release) => Some(release),
+                    // A cache damaged on disk, or written with another keyring: ask again.
+                    Err(e) => {
+                        progress(format!("{e}: fetching it again"));
+                        fs::remove_file(&cached).map_err(io_err(&cached))?;
+                        None
+                    }
                 }
-                Some(release)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
             Err(e) => return Err(io_err(&cached)(e)),
         };
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;

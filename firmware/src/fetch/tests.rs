@@ -255,13 +255,21 @@ fn guest_packages_are_fetched_verified_and_a_second_run_is_offline() {
     assert_eq!(again.1.path, busybox.path);
     assert_eq!(mirror.requests(), 6, "the second run asked the mirror");
 
+    // A cached InRelease damaged on disk is fetched again, not trusted.
+    let cached = cache.join("fetch/dists").join(SUITE).join("InRelease");
+    let text = fs::read_to_string(&cached).unwrap();
+    fs::write(&cached, text.replacen("Origin: Debian", "Origin: Debiam", 1)).unwrap();
+    fetcher(&mirror, &cache, &key).guest_debs(&sources()).unwrap();
+    assert_eq!(mirror.requests(), 7, "{:?}", mirror.requests.borrow());
+    assert_eq!(fs::read_to_string(&cached).unwrap(), text);
+
     // A cached .deb damaged on disk is noticed and fetched again.
     fs::write(&busybox.path, b"damaged").unwrap();
     let third = fetcher(&mirror, &cache, &key)
         .guest_debs(&sources())
         .unwrap();
     assert_eq!(fs::read(&third.1.path).unwrap(), BUSYBOX_DEB);
-    assert_eq!(mirror.requests(), 7);
+    assert_eq!(mirror.requests(), 8);
     let _ = fs::remove_dir_all(&cache);
 }
 
