@@ -258,8 +258,14 @@ fn guest_packages_are_fetched_verified_and_a_second_run_is_offline() {
     // A cached InRelease damaged on disk is fetched again, not trusted.
     let cached = cache.join("fetch/dists").join(SUITE).join("InRelease");
     let text = fs::read_to_string(&cached).unwrap();
-    fs::write(&cached, text.replacen("Origin: Debian", "Origin: Debiam", 1)).unwrap();
-    fetcher(&mirror, &cache, &key).guest_debs(&sources()).unwrap();
+    fs::write(
+        &cached,
+        text.replacen("Origin: Debian", "Origin: Debiam", 1),
+    )
+    .unwrap();
+    fetcher(&mirror, &cache, &key)
+        .guest_debs(&sources())
+        .unwrap();
     assert_eq!(mirror.requests(), 7, "{:?}", mirror.requests.borrow());
     assert_eq!(fs::read_to_string(&cached).unwrap(), text);
 
