@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn print_uris_gives_file_name_and_size() {
-        let text = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb' busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb 822236 SHA256:00\n";
+        let text = "'http://HOST/debian/pool/main/b/busybox/busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb' busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb 822236 SHA256:00\n";
         assert_eq!(
             parse_print_uris(text),
             Some(Uri {
