@@ -71,6 +71,10 @@ const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 /// meanwhile, and nothing wakes the thread for them, so this bounds their latency.
 pub const WFI_MAX_WAIT: Duration = Duration::from_millis(1);
 
+/// How often a stop request is repeated until every vCPU thread ended
+/// ([`Vm::stop_retry_interval`]).
+const STOP_RETRY: Duration = Duration::from_millis(5);
+
 /// The page size `hv_vm_map` requires alignment to on Apple silicon (16 KiB).
 const HV_PAGE_SIZE: u64 = applevisor_sys::PAGE_SIZE as u64;
 
@@ -574,6 +578,13 @@ impl Vm for HvfVm {
         for kick in lock(&self.registry.kicks).iter() {
             let _ = kick.notify();
         }
+    }
+
+    /// `hv_vcpus_exit` is documented for running vCPUs; whether it makes the next
+    /// `hv_vcpu_run` of a vCPU that was between its `stopping` check and `hv_vcpu_run` return
+    /// at once is not, so the machine repeats the request until the threads end.
+    fn stop_retry_interval(&self) -> Option<Duration> {
+        Some(STOP_RETRY)
     }
 }
 

@@ -6,7 +6,9 @@
 //! interrupts and ioeventfd for queue notifications. Facts from the kernel's
 //! `Documentation/virt/kvm/api.rst` and `devices/arm-vgic-v3.rst`.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +22,7 @@ use kvm_bindings::{
     KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_V3_ADDR_TYPE_DIST,
     KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
-    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_userspace_memory_region, kvm_vcpu_init,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_run, kvm_userspace_memory_region, kvm_vcpu_init,
 };
 use kvm_ioctls::{Cap, DeviceFd, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -47,19 +49,40 @@ const REG_PSTATE: u64 = core_reg(264);
 /// `MPIDR_EL1` as a system register ID: op0 3, op1 0, CRn 0, CRm 0, op2 5.
 const REG_MPIDR_EL1: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | 0x0013_0000 | (3 << 14) | 5;
 
-/// Marks the vCPU threads' kick signal as handled (doing nothing), so that it interrupts
-/// `KVM_RUN` with `EINTR` instead of killing the process.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs (null when none), for [`kick_handler`].
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The vCPU threads' kick signal: sets `immediate_exit` in this thread's `kvm_run`.
+///
+/// KVM reads `kvm_run.immediate_exit` once as `KVM_RUN` starts and, when it is non-zero,
+/// returns `EINTR` without entering the guest (api.rst, "immediate_exit"). So a kick that lands
+/// after the thread checked `stopping` but before it entered `KVM_RUN` is not lost: that
+/// `KVM_RUN` returns at once. A kick during `KVM_RUN` interrupts it with `EINTR`.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's vCPU's `kvm_run` mapping, set by `create_vcpu` on this
+        // thread and cleared by `KvmVcpu::drop` (on this thread) before the mapping goes away.
+        // A one-byte volatile store is async-signal-safe, and the vCPU code holds no Rust
+        // reference to `kvm_run` outside `KVM_RUN`'s return path.
+        unsafe { ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
 
 /// The shared part of the VM, also reachable from the vCPU threads.
 #[derive(Debug)]
 struct Shared {
     vm: VmFd,
     stopping: AtomicBool,
-    /// Threads running vCPUs, to kick them out of KVM_RUN.
-    threads: Mutex<Vec<libc::pthread_t>>,
+    /// Threads running vCPUs, to kick them out of KVM_RUN: `(vCPU index, thread)`.
+    threads: Mutex<Vec<(usize, libc::pthread_t)>>,
     /// Eventfds registered with KVM (dups of our notifiers' descriptors), kept alive.
     eventfds: Mutex<Vec<EventFd>>,
+    /// The guest memory the VM's slots point at: kept as long as the VM or any vCPU exists
+    /// (vCPUs hold this `Shared`), and dropped after `vm` (fields drop in order).
+    _mem: GuestMemory,
 }
 
 /// A KVM virtual machine.
@@ -146,8 +169,8 @@ impl KvmVm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`, which the
-            // caller keeps alive for the life of the VM (the machine holds both).
+            // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`; the VM
+            // keeps a clone of `mem` in `Shared`, which outlives the VM fd and every vCPU.
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -229,6 +252,7 @@ impl KvmVm {
                 stopping: AtomicBool::new(false),
                 threads: Mutex::new(Vec::new()),
                 eventfds: Mutex::new(Vec::new()),
+                _mem: mem.clone(),
             }),
             _gic: gic,
             seeds,
@@ -272,14 +296,16 @@ impl Vm for KvmVm {
             .collect()
     }
 
-    fn create_vcpu(&self, (index, fd): Self::VcpuSeed) -> Result<KvmVcpu> {
+    fn create_vcpu(&self, (index, mut fd): Self::VcpuSeed) -> Result<KvmVcpu> {
+        let run: *mut kvm_run = fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run));
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         self.shared
             .threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(me);
+            .push((index, me));
         Ok(KvmVcpu {
             fd,
             shared: Arc::clone(&self.shared),
@@ -322,21 +348,35 @@ impl Vm for KvmVm {
         Ok(true)
     }
 
+    /// Sets `stopping`, then signals every vCPU thread once: the handler sets `immediate_exit`,
+    /// so each vCPU leaves `KVM_RUN` or does not enter it again ([`kick_handler`]). One kick is
+    /// enough; nothing is retried.
     fn stop_vcpus(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let threads = self
             .shared
             .threads
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for t in threads {
-            // SAFETY: the thread ids were recorded by live vCPU threads; a signal to a thread
-            // that has exited is harmless to the process (ESRCH), and the handler does nothing.
+            .unwrap_or_else(|e| e.into_inner());
+        for &(_, t) in threads.iter() {
+            // SAFETY: a thread is in the list only while its `KvmVcpu` exists (its `Drop`
+            // removes it under this lock before the thread can end), so `t` names a live thread.
             unsafe {
                 libc::pthread_kill(t, SIGRTMIN());
             }
         }
+    }
+}
+
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Runs on the vCPU's own thread (`KvmVcpu` is created there and not sent elsewhere).
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&(index, _)| index != self.index);
+        KVM_RUN.with(|r| r.set(ptr::null_mut()));
     }
 }
 
