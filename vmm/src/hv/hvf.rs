@@ -62,10 +62,7 @@ use super::hvf_logic::{
 };
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
 use crate::arch::aarch64::esr::Esr;
-use crate::arch::aarch64::layout;
-
-/// `PSTATE` a vCPU boots with: EL1h with D, A, I and F masked (Linux `booting.rst`).
-const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+use crate::arch::aarch64::{PSTATE_EL1H_DAIF, layout};
 
 /// The longest a vCPU sleeps on a WFI exit: other interrupts than its timer may become pending
 /// meanwhile, and nothing wakes the thread for them, so this bounds their latency.

@@ -30,13 +30,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
-use crate::arch::aarch64::layout;
+use crate::arch::aarch64::{PSTATE_EL1H_DAIF, layout};
 
 /// The number of interrupts the vGIC is configured with: 32 private + 96 SPIs (a multiple of 32).
 const GIC_NR_IRQS: u32 = 128;
-
-/// `PSTATE` for the boot vCPU: EL1h with D, A, I and F masked (booting.rst).
-const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
 /// Register IDs of the core registers (`struct kvm_regs`): x0 at offset 0, pc at 256, pstate at
 /// 264, counted in 32-bit words.
