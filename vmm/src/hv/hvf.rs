@@ -192,7 +192,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The VM handle: applevisor's, without its GIC layer (the GIC is created through
 /// `applevisor-sys`, after the VM).
-type VmHandle = VirtualMachineInstance<GicDisabled>;
+pub type VmHandle = VirtualMachineInstance<GicDisabled>;
 
 /// Turns an `hv_return_t` into a result.
 fn hv_result(ret: applevisor_sys::hv_return_t) -> std::result::Result<(), HypervisorError> {
@@ -369,6 +369,41 @@ impl HvfVm {
             _mem: mem.clone(),
         })
     }
+}
+
+/// For `vmm check`: a VM with its in-kernel GIC, created exactly as [`HvfVm::new`] does (for
+/// one vCPU and a 16 KiB RAM, nothing mapped), and the GIC geometry read on the way. The VM is
+/// destroyed when the handle drops.
+///
+/// # Errors
+///
+/// As [`HvfVm::new`]: no entitlement, no hypervisor, a GIC that cannot be created or does not
+/// fit the memory map.
+pub fn probe_vm() -> Result<(VmHandle, GicLimits)> {
+    let mem = GuestMemory::from_ranges(&[(
+        vm_memory::GuestAddress(layout::RAM_BASE),
+        HV_PAGE_SIZE as usize,
+    )])
+    .map_err(|e| HvError::call("allocating a page of guest memory", io::Error::other(e)))?;
+    hvf_logic::create_vm_with_gic(&mut FrameworkSetup { mem: &mem }, 1)
+}
+
+/// For `vmm check`: creates vCPU 0 of `vm` on this thread, sets its `MPIDR_EL1` as
+/// [`Vm::create_vcpu`] does and returns the redistributor base the framework gives it. The vCPU
+/// is destroyed on return.
+///
+/// # Errors
+///
+/// The framework's, naming the call.
+pub fn probe_vcpu(vm: &VmHandle) -> Result<u64> {
+    let vcpu = vm
+        .vcpu_with_config(VcpuConfig::new())
+        .map_err(framework("creating a vCPU (hv_vcpu_create)"))?;
+    vcpu.set_sys_reg(SysReg::MPIDR_EL1, layout::mpidr_el1(0))
+        .map_err(framework("setting MPIDR_EL1 (hv_vcpu_set_sys_reg)"))?;
+    vcpu.get_redistributor_base().map_err(framework(
+        "reading the vCPU's GIC redistributor base (hv_gic_get_redistributor_base)",
+    ))
 }
 
 /// The GIC geometry the framework reports; read once the VM exists.
