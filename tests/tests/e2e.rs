@@ -141,4 +141,9 @@ fn e2e_guest_pings_lan() {
         Some(0),
         "the vmm did not exit 0; console in {log}"
     );
+    // After the guest's power-off every vCPU thread must leave KVM_RUN on one kick.
+    assert!(
+        !c.contains("did not stop in time"),
+        "a vCPU thread did not stop; console in {log}"
+    );
 }

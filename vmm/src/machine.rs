@@ -516,10 +516,10 @@ impl<V: Vm> Machine<V> {
         let created = Arc::new(Barrier::new(seeds.len()));
         let mut handles = Vec::with_capacity(seeds.len());
         // Each vCPU thread reports its end here (when its guard drops, even on a panic).
-        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<usize>();
         for (i, (seed, starts)) in seeds.into_iter().zip(receivers).enumerate() {
             let (c, b) = (Arc::clone(&ctx), Arc::clone(&created));
-            let done = Ended(done_tx.clone());
+            let done = Ended(done_tx.clone(), i);
             match thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
@@ -551,17 +551,18 @@ impl<V: Vm> Machine<V> {
         // Kick every vCPU out of the guest once (again only for a hypervisor that asks for it)
         // and wait (at most STOP_TIMEOUT) for the threads to end.
         drop(done_tx);
-        stop_and_wait(
+        let ended = stop_and_wait(
             &*ctx.vm,
             &done_rx,
             handles.len(),
             stop_started + STOP_TIMEOUT,
         );
-        for h in handles {
-            if h.is_finished() {
+        for (i, h) in handles.into_iter().enumerate() {
+            // A thread that reported its end is past the vCPU loop: joining it cannot block.
+            if ended[i] {
                 let _ = h.join();
             } else {
-                tracing::warn!("a vCPU thread did not stop in time");
+                tracing::warn!(vcpu = i, "a vCPU thread did not stop in time");
             }
         }
         tracing::info!(
@@ -580,29 +581,38 @@ impl<V: Vm> Machine<V> {
 /// How long the machine waits for its vCPU threads after asking them to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reports a vCPU thread's end on its channel when dropped.
-struct Ended(Sender<()>);
+/// Reports the end of vCPU thread `.1` on its channel when dropped.
+struct Ended(Sender<usize>, usize);
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        let _ = self.0.send(());
+        let _ = self.0.send(self.1);
     }
 }
 
-/// Asks `vm` to stop its vCPUs and waits until `threads` of them reported their end on `done`
-/// or `deadline` passed. The request is repeated only at the interval the hypervisor asks for
-/// ([`Vm::stop_retry_interval`]). Returns how many threads ended.
-fn stop_and_wait<V: Vm>(vm: &V, done: &Receiver<()>, threads: usize, deadline: Instant) -> usize {
+/// Asks `vm` to stop its vCPUs and waits until each of the `threads` vCPU threads reported its
+/// end (its index) on `done`, or `deadline` passed. The request is repeated only at the interval
+/// the hypervisor asks for ([`Vm::stop_retry_interval`]). Returns which threads ended.
+fn stop_and_wait<V: Vm>(
+    vm: &V,
+    done: &Receiver<usize>,
+    threads: usize,
+    deadline: Instant,
+) -> Vec<bool> {
     vm.stop_vcpus();
     let retry = vm.stop_retry_interval();
-    let mut ended = 0;
-    while ended < threads {
+    let mut ended = vec![false; threads];
+    while ended.contains(&false) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
         match done.recv_timeout(retry.map_or(left, |r| r.min(left))) {
-            Ok(()) => ended += 1,
+            Ok(i) => {
+                if let Some(e) = ended.get_mut(i) {
+                    *e = true;
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if retry.is_some() {
                     vm.stop_vcpus();
@@ -949,11 +959,12 @@ mod tests {
 
     #[test]
     fn waiting_for_stuck_vcpus_ends_at_the_deadline_without_new_requests() {
-        let vm = fake(true, 1, vec![]);
-        let (_tx, rx) = mpsc::channel::<()>();
+        let vm = fake(true, 2, vec![]);
+        let (tx, rx) = mpsc::channel::<usize>();
+        tx.send(1).unwrap();
         let started = Instant::now();
-        let ended = stop_and_wait(&vm, &rx, 1, started + Duration::from_millis(50));
-        assert_eq!(ended, 0);
+        let ended = stop_and_wait(&vm, &rx, 2, started + Duration::from_millis(50));
+        assert_eq!(ended, [false, true]);
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(vm.stops.load(Ordering::SeqCst), 1);
     }
