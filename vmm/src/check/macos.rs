@@ -357,7 +357,8 @@ fn exchange(
         );
     }
     let deadline = std::time::Instant::now() + VMNET_ANSWER;
-    let size = p.max_packet_size.max(hdr + ARP_FRAME_LEN);
+    // Whether vmnet's max_packet_size counts the header is not documented: room for both.
+    let size = p.max_packet_size.max(ARP_FRAME_LEN) + hdr;
     let mut bufs = vec![vec![0u8; size]; 8];
     let mut lens = vec![0usize; 8];
     let mut seen = 0;
