@@ -41,13 +41,13 @@ fn rig(guest_tso: bool) -> Rig {
             tso4: true,
             tso6: true,
         },
-        discard_sent: true,
         rx_batch: 64,
         tx_batch: 64,
         ..Default::default()
     })
     .unwrap();
     let handle = backend.handle();
+    handle.discard_sent(true);
     let net = Net::new(Box::new(backend), NetConfig::default());
     let (mut sim, transport) = attach(Box::new(net), mem, GuestAddress(0x1000), 63 << 20).unwrap();
     // Receiving 64 KiB frames needs GUEST_TSO4; without it the device reserves only an

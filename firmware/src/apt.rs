@@ -40,6 +40,46 @@ pub fn resolve_kernel_package(metapackage: &str) -> Result<String> {
     })
 }
 
+/// [`resolve_kernel_package`] with `metapackage` taken from the Debian suite `release` (e.g.
+/// `bookworm-backports`, which apt prefers to nothing unless asked: `apt-cache -t`). Fails
+/// unless the kernel is at least `min` (major, minor).
+pub fn resolve_kernel_package_in(
+    metapackage: &str,
+    release: &str,
+    min: (u32, u32),
+) -> Result<String> {
+    let text = output(Command::new("apt-cache").args(["depends", "-t", release, metapackage]))
+        .with_context(|| {
+            format!(
+                "cannot resolve {metapackage} from {release}: is {release} among apt's sources \
+                 (scripts/setup adds it) and has `apt-get update` run since?"
+            )
+        })?;
+    let package = parse_kernel_dependency(&text).with_context(|| {
+        format!(
+            "`apt-cache depends -t {release} {metapackage}` names no linux-image-* dependency:\n{text}"
+        )
+    })?;
+    match kernel_version(&package) {
+        Some(v) if v >= min => Ok(package),
+        _ => bail!(
+            "{metapackage} from {release} is {package}, older than the {}.{} this image needs",
+            min.0,
+            min.1
+        ),
+    }
+}
+
+/// `(major, minor)` of a versioned kernel package: `linux-image-6.12.95+deb12-arm64:arm64` ->
+/// `(6, 12)`.
+fn kernel_version(package: &str) -> Option<(u32, u32)> {
+    let version = package.strip_prefix("linux-image-")?;
+    let mut parts = version.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 fn parse_kernel_dependency(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("Depends:"))
@@ -143,6 +183,22 @@ mod tests {
             parse_kernel_dependency(text).as_deref(),
             Some("linux-image-6.1.0-56-arm64:arm64")
         );
+    }
+
+    #[test]
+    fn kernel_version_is_read_from_the_package_name() {
+        assert_eq!(
+            kernel_version("linux-image-6.12.95+deb12-arm64:arm64"),
+            Some((6, 12))
+        );
+        assert_eq!(
+            kernel_version("linux-image-6.1.0-57-arm64:arm64"),
+            Some((6, 1))
+        );
+        assert_eq!(kernel_version("linux-image-arm64:arm64"), None);
+        // 6.12 is newer than 6.4, and 6.1 older: compared as numbers, not text.
+        assert!(kernel_version("linux-image-6.12.95+deb12-arm64").unwrap() >= (6, 4));
+        assert!(kernel_version("linux-image-6.1.0-57-arm64").unwrap() < (6, 4));
     }
 
     #[test]

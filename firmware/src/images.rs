@@ -12,6 +12,12 @@ use crate::{GUEST_INIT, GUEST_UDHCPC_SCRIPT, HOST_INIT, Layout, apt, bundle, deb
 
 /// The metapackage that names Debian's current arm64 kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-arm64:arm64";
+/// Where the emulated host's kernel comes from: bookworm's backports (6.12), because KVM's
+/// SMCCC filter, which lets the VMM's own PSCI serve the guest under KVM, came with Linux 6.4
+/// and bookworm itself has 6.1. The guest keeps bookworm's kernel.
+const HOST_KERNEL_RELEASE: &str = "bookworm-backports";
+/// The oldest host kernel with the SMCCC filter (`KVM_ARM_VM_SMCCC_FILTER`).
+const HOST_KERNEL_MIN: (u32, u32) = (6, 4);
 const BUSYBOX_PACKAGE: &str = "busybox-static:arm64";
 /// Debian's arm64 qemu, for the `host.run=qemu` baseline.
 const QEMU_PACKAGE: &str = "qemu-system-arm:arm64";
@@ -75,7 +81,22 @@ fn prepare_kernel(layout: &Layout, sources: &DebSources) -> Result<Kernel> {
             (package, deb)
         }
     };
-    let root = deb::unpack_cached(&deb, &layout.cache())?;
+    unpack_kernel(layout, package, &deb)
+}
+
+/// The emulated host's kernel: [`KERNEL_METAPACKAGE`] from [`HOST_KERNEL_RELEASE`].
+fn prepare_host_kernel(layout: &Layout) -> Result<Kernel> {
+    let package =
+        apt::resolve_kernel_package_in(KERNEL_METAPACKAGE, HOST_KERNEL_RELEASE, HOST_KERNEL_MIN)?;
+    progress(format!(
+        "host kernel: {KERNEL_METAPACKAGE} from {HOST_KERNEL_RELEASE} is {package}"
+    ));
+    let deb = apt::download(&package, &layout.cache())?;
+    unpack_kernel(layout, package, &deb)
+}
+
+fn unpack_kernel(layout: &Layout, package: String, deb: &Path) -> Result<Kernel> {
+    let root = deb::unpack_cached(deb, &layout.cache())?;
     let boot = root.join("boot");
     let image = fs::read_dir(&boot)
         .with_context(|| format!("{package} has no /boot"))?
@@ -200,7 +221,7 @@ pub fn build_host_with(
     guest: &GuestImages,
     qemu: bool,
 ) -> Result<HostImages> {
-    let kernel = prepare_kernel(layout, &DebSources::default())?;
+    let kernel = prepare_host_kernel(layout)?;
     let extras = HostExtras {
         qemu,
         ..HostExtras::default()

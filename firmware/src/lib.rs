@@ -1,14 +1,16 @@
-//! Images and runner for the end-to-end test bed (shared DESIGN.md, "Tests, from fast to real").
+//! Images and runner for the end-to-end test bed (docs/design.md, "Tests, from fast to real"
+//! and "Toolchain and test bed").
 //!
 //! Everything is made from Debian's arm64 packages, so a fresh CI machine can rebuild it:
 //!
 //! - the **guest**: Debian's arm64 kernel `Image` and an initramfs with a static busybox, the
 //!   virtio-mmio/virtio-net modules and [`GUEST_INIT`], which brings up `eth0`, pings a peer and
 //!   prints one `VMNET-RESULT ...` line on the console;
-//! - the **emulated host**: the same kernel (KVM built in) with an initramfs holding busybox, the
-//!   tun/bridge/veth modules, the `vmm` binary, the guest images and [`HOST_INIT`], which builds a
-//!   LAN (bridge `br0`, `tap0`, a veth to the network namespace `peer` at 10.0.2.1/24), runs the
-//!   vmm on the guest and prints `VMM-EXIT code=N`;
+//! - the **emulated host**: Debian's arm64 kernel from bookworm-backports (6.12: KVM built in,
+//!   with the SMCCC filter that lets the VMM's own PSCI serve the guest) with an initramfs
+//!   holding busybox, the tun/bridge/veth modules, the `vmm` binary, the guest images and
+//!   [`HOST_INIT`], which builds a LAN (bridge `br0`, `tap0`, a veth to the network namespace
+//!   `peer` at 10.0.2.1/24), runs the vmm on the guest and prints `VMM-EXIT code=N`;
 //! - the **runner**: boots the emulated host under `qemu-system-aarch64` (TCG, with EL2 so the
 //!   host's kernel runs real KVM), streams its console and stops it on a timeout.
 //!

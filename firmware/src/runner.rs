@@ -17,7 +17,7 @@ use crate::{GUEST_MAC, GuestImages, HostImages, Lan, Layout, progress};
 /// The emulator. Debian package `qemu-system-arm`.
 pub const QEMU: &str = "qemu-system-aarch64";
 
-/// The emulated arm64 host, from shared TOOLCHAIN.md: EL2 (`virtualization=on`) so that its
+/// The emulated arm64 host (docs/design.md, "Toolchain and test bed"): EL2 (`virtualization=on`) so that its
 /// kernel runs real KVM, GICv3 for KVM's vGICv3, and `pauth-impdef=on` because the default
 /// pointer-authentication algorithm makes TCG several times slower.
 const HOST_MACHINE: &[&str] = &[

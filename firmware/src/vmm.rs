@@ -11,7 +11,7 @@ use crate::{Layout, elf, progress, workspace_root};
 /// The target of the emulated host.
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 /// The rustup name of Debian's rustc-web/cargo-web, which ship std for [`TARGET`]
-/// (`rustup toolchain link debian-web /usr`, shared TOOLCHAIN.md).
+/// (`rustup toolchain link debian-web /usr`; docs/design.md, "Toolchain and test bed").
 pub const TOOLCHAIN: &str = "+debian-web";
 
 /// Runs `cargo +debian-web build --release --target aarch64-unknown-linux-gnu -p vmm` in the

@@ -1,4 +1,4 @@
-//! End-to-end tests of the vmm (shared DESIGN.md, "Tests, from fast to real", step 4).
+//! End-to-end tests of the vmm (docs/design.md, "Tests, from fast to real", step 4).
 //!
 //! The tests live in `tests/`; this library holds what they share: the skip rule and a
 //! watchdog, so that a hang fails the test instead of blocking CI.

@@ -34,9 +34,6 @@ pub const DEFAULT_MEMORY: &str = "512M";
 /// Memory sizes are whole MiB: both hypervisors map guest memory in host pages (16 KiB on
 /// Apple silicon), and the kernel is placed on a 2 MiB boundary.
 pub const MEMORY_GRANULE: u64 = 1 << 20;
-/// Longest network interface name: `IFNAMSIZ` (16) less the terminating NUL, on Linux
-/// (`include/uapi/linux/if.h`) and macOS (`<net/if.h>`) alike.
-pub const MAX_IFNAME_LEN: usize = 15;
 
 /// Errors in command-line values and combinations.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -155,34 +152,17 @@ pub enum NetSpec {
     },
 }
 
-/// Checks an interface name the way Linux's `dev_valid_name` does (macOS has the same length
-/// limit): 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// Checks an interface name with the device crate's rules ([`devices::net::check_ifname`], as
+/// the TAP backend does): 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
 ///
 /// # Errors
 ///
 /// [`CliError::InterfaceName`] with the reason.
 pub fn validate_ifname(name: &str) -> Result<(), CliError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > MAX_IFNAME_LEN {
-        Some("it is longer than 15 characters")
-    } else if name == "." || name == ".." {
-        Some("'.' and '..' are reserved")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        Some("it contains '/', ':', whitespace or a control character")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(CliError::InterfaceName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    devices::net::check_ifname(name).map_err(|reason| CliError::InterfaceName {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 impl FromStr for NetSpec {

@@ -312,9 +312,13 @@ impl<V: Vm> VcpuContext<V> {
             return self.finish(index, self.run_vcpu(index, &mut vcpu));
         }
         // The VMM implements PSCI: park until CPU_ON (the boot vCPU is started at once), run
-        // until CPU_OFF, park again.
+        // until CPU_OFF, park again. Every start begins from a cold vCPU: after CPU_OFF it still
+        // holds the guest's MMU, caches and vectors, which the new entry point must not inherit.
         while let Ok(Start::At { entry, x0 }) = starts.recv() {
-            if let Err(e) = vcpu.set_boot_registers(entry, x0) {
+            if let Err(e) = vcpu
+                .reset()
+                .and_then(|()| vcpu.set_boot_registers(entry, x0))
+            {
                 self.psci.cpu_start_failed(index);
                 return self.report(ExitReason::Error(format!("vCPU {index}: {e}")));
             }
@@ -570,6 +574,15 @@ impl<V: Vm> Machine<V> {
             stop_ms = stop_started.elapsed().as_millis() as u64,
             "vCPUs stopped"
         );
+        if !ctx.vm.handles_psci() {
+            let served = ctx.psci.served();
+            tracing::info!(
+                calls = served.calls,
+                cpu_on = served.cpu_on,
+                cpu_off = served.cpu_off,
+                "PSCI calls served by the VMM"
+            );
+        }
         for (name, m) in &self.net_metrics {
             log_net_counters(name, m);
         }
@@ -659,7 +672,7 @@ mod tests {
 
     use devices::irq::IrqLine;
 
-    use crate::arch::aarch64::psci::{CPU_ON_64, PSCI_VERSION, SYSTEM_OFF};
+    use crate::arch::aarch64::psci::{CPU_OFF, CPU_ON_64, PSCI_VERSION, SYSTEM_OFF};
 
     /// What the fake hypervisor saw.
     #[derive(Default)]
@@ -668,12 +681,23 @@ mod tests {
         notifies: Vec<(u64, u32)>,
         boot: Vec<(usize, u64, u64)>,
         x0: Vec<(usize, u64)>,
+        /// `(vCPU, "reset" | "boot" | "run")` in the order they happened.
+        events: Vec<(usize, &'static str)>,
+    }
+
+    /// A scripted step of a fake vCPU.
+    enum Step {
+        /// Return this exit.
+        Exit(VcpuExit),
+        /// PSCI CPU_ON of `mpidr` at `entry`, issued again until it answers SUCCESS (the target
+        /// may not have finished its CPU_OFF yet).
+        CpuOnUntilSuccess { mpidr: u64, entry: u64 },
     }
 
     struct FakeVm {
         psci_in_hv: bool,
         cpus: usize,
-        scripts: Mutex<HashMap<usize, VecDeque<VcpuExit>>>,
+        scripts: Mutex<HashMap<usize, VecDeque<Step>>>,
         seen: Arc<Mutex<Seen>>,
         stop: Arc<AtomicBool>,
         /// `stop_vcpus` calls so far.
@@ -688,7 +712,9 @@ mod tests {
 
     struct FakeVcpu {
         index: usize,
-        script: VecDeque<VcpuExit>,
+        script: VecDeque<Step>,
+        /// The CPU_ON being retried, with the number of `x0` writes seen when it was issued.
+        retry: Option<(VcpuExit, usize)>,
         seen: Arc<Mutex<Seen>>,
         stop: Arc<AtomicBool>,
         linger: Duration,
@@ -703,8 +729,27 @@ mod tests {
 
     impl Vcpu for FakeVcpu {
         fn run(&mut self, _bus: &MmioBus) -> hv::Result<VcpuExit> {
-            if let Some(e) = self.script.pop_front() {
-                return Ok(e);
+            self.seen.lock().unwrap().events.push((self.index, "run"));
+            if let Some((exit, issued)) = self.retry.take() {
+                let answer = {
+                    let seen = self.seen.lock().unwrap();
+                    seen.x0
+                        .iter()
+                        .filter(|(i, _)| *i == self.index)
+                        .nth(issued)
+                        .map(|&(_, v)| v)
+                };
+                if answer != Some(0) {
+                    thread::sleep(Duration::from_millis(1));
+                    return Ok(self.issue(exit));
+                }
+            }
+            match self.script.pop_front() {
+                Some(Step::Exit(e)) => return Ok(e),
+                Some(Step::CpuOnUntilSuccess { mpidr, entry }) => {
+                    return Ok(self.issue(hvc(CPU_ON_64, [mpidr, entry, 0])));
+                }
+                None => {}
             }
             // Nothing scripted: idle like a vCPU in WFI until stopped.
             while !self.stop.load(Ordering::SeqCst) {
@@ -717,9 +762,27 @@ mod tests {
             self.seen.lock().unwrap().x0.push((self.index, value));
             Ok(())
         }
-        fn set_boot_registers(&mut self, entry: u64, x0: u64) -> hv::Result<()> {
-            self.seen.lock().unwrap().boot.push((self.index, entry, x0));
+        fn reset(&mut self) -> hv::Result<()> {
+            self.seen.lock().unwrap().events.push((self.index, "reset"));
             Ok(())
+        }
+        fn set_boot_registers(&mut self, entry: u64, x0: u64) -> hv::Result<()> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.boot.push((self.index, entry, x0));
+            seen.events.push((self.index, "boot"));
+            Ok(())
+        }
+    }
+
+    impl FakeVcpu {
+        /// Returns the CPU_ON `exit`, to be issued again until it answers SUCCESS.
+        fn issue(&mut self, exit: VcpuExit) -> VcpuExit {
+            let answered = {
+                let seen = self.seen.lock().unwrap();
+                seen.x0.iter().filter(|(i, _)| *i == self.index).count()
+            };
+            self.retry = Some((exit, answered));
+            exit
         }
     }
 
@@ -745,6 +808,7 @@ mod tests {
             Ok(FakeVcpu {
                 index,
                 script,
+                retry: None,
                 seen: Arc::clone(&self.seen),
                 stop: Arc::clone(&self.stop),
                 linger: self.linger,
@@ -811,7 +875,7 @@ mod tests {
             scripts: Mutex::new(
                 scripts
                     .into_iter()
-                    .map(|(i, s)| (i, s.into_iter().collect()))
+                    .map(|(i, s)| (i, s.into_iter().map(Step::Exit).collect()))
                     .collect(),
             ),
             seen: Arc::default(),
@@ -879,6 +943,59 @@ mod tests {
         );
         // PSCI_VERSION answered 1.0, CPU_ON answered SUCCESS (0).
         assert_eq!(seen.x0[..2], [(0, 0x1_0000), (0, 0)]);
+    }
+
+    #[test]
+    fn psci_in_the_vmm_resets_a_vcpu_before_every_start_even_after_cpu_off() {
+        let mpidr1 = layout::mpidr_affinity(1);
+        let vm = fake(false, 2, vec![]);
+        vm.scripts.lock().unwrap().extend([
+            (
+                0,
+                [
+                    Step::CpuOnUntilSuccess {
+                        mpidr: mpidr1,
+                        entry: 0x4010_0000,
+                    },
+                    Step::CpuOnUntilSuccess {
+                        mpidr: mpidr1,
+                        entry: 0x4020_0000,
+                    },
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            (
+                1,
+                [
+                    Step::Exit(hvc(CPU_OFF, [0; 3])),
+                    Step::Exit(hvc(SYSTEM_OFF, [0; 3])),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+        ]);
+        let (reason, seen) = run(vm, 2, "cpuoffon");
+        assert_eq!(reason, ExitReason::PowerOff);
+        let seen = seen.lock().unwrap();
+        let vcpu1: Vec<&str> = seen
+            .events
+            .iter()
+            .filter(|(i, _)| *i == 1)
+            .map(|&(_, e)| e)
+            .collect();
+        assert_eq!(
+            vcpu1,
+            ["reset", "boot", "run", "reset", "boot", "run"],
+            "vCPU 1 must be reset before each start"
+        );
+        let starts: Vec<u64> = seen.boot.iter().filter(|b| b.0 == 1).map(|b| b.1).collect();
+        assert_eq!(starts, [0x4010_0000, 0x4020_0000]);
+        // The boot vCPU was reset too, before its first start.
+        assert_eq!(
+            seen.events.iter().find(|(i, _)| *i == 0),
+            Some(&(0, "reset"))
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::ready::Readiness;
 /// use vmnet::{AsyncInterface, Options};
 ///
 /// let iface = AsyncInterface::start(&Options::shared(), Duration::from_secs(10))?;
-/// let size = iface.get_ref().params().max_packet_size;
+/// let size = iface.get_ref().limits().read_capacity();
 /// let mut bufs = vec![vec![0u8; size]; 16];
 /// let mut lens = [0usize; 16];
 /// let n = iface.recv_batch(&mut bufs, &mut lens).await?;
@@ -93,7 +93,7 @@ impl AsyncInterface {
     ///
     /// ```no_run
     /// # async fn f(a: &vmnet::AsyncInterface) -> vmnet::Result<()> {
-    /// let mut bufs = vec![vec![0u8; a.get_ref().params().max_packet_size]; 8];
+    /// let mut bufs = vec![vec![0u8; a.get_ref().limits().read_capacity()]; 8];
     /// let mut lens = [0usize; 8];
     /// let n = a.recv_batch(&mut bufs, &mut lens).await?;
     /// assert!(n >= 1);

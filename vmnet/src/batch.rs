@@ -7,13 +7,18 @@
 //! pointing at its run of iovecs. After a read, each descriptor's `vm_pkt_size` is the received
 //! length ([`Batch::received_len`]).
 //!
-//! Batch sizes follow DESIGN.md: at most [`MAX_BATCH`] (128) packets per call, because public
+//! Batch sizes (docs/design.md): at most [`MAX_BATCH`] (128) packets per call, because public
 //! tuning found no gain above 128, and never more than the interface's read/write maximum.
+//! Each call also stays within Apple's per-call limits (at most
+//! [`MAX_PACKETS_PER_CALL`](crate::limits::MAX_PACKETS_PER_CALL) packets and
+//! [`MAX_BYTES_PER_CALL`](crate::limits::MAX_BYTES_PER_CALL) bytes): [`split_calls`] and
+//! [`Batch::calls`] cut a batch into calls that respect all of these.
 
 use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::iov::{iovec, push_trimmed};
+use crate::limits::{MAX_BYTES_PER_CALL, MAX_PACKETS_PER_CALL};
 
 /// The most packets moved per framework call.
 pub const MAX_BATCH: usize = 128;
@@ -64,6 +69,42 @@ pub fn chunks(total: usize, max: usize) -> impl Iterator<Item = Range<usize>> {
         .map(move |s| s..(s + step).min(total))
 }
 
+/// Cuts packets of lengths `lens` into consecutive calls: each call has at most
+/// `min(interface_max, 128, 200)` packets (at least 1) and at most `max_bytes` bytes in total,
+/// except that a single packet larger than `max_bytes` gets a call of its own (a packet cannot be
+/// split). Every packet is in exactly one call, in order.
+///
+/// ```
+/// use vmnet::batch::split_calls;
+/// use vmnet::limits::MAX_BYTES_PER_CALL;
+///
+/// // 128 receive rooms of 64 KiB + 30 bytes: 3 per call keeps each call within 256 KiB.
+/// let calls = split_calls(vec![65_565; 128], 256, MAX_BYTES_PER_CALL);
+/// assert_eq!(calls[0], 0..3);
+/// assert_eq!(calls.len(), 43);
+/// ```
+pub fn split_calls(
+    lens: impl IntoIterator<Item = usize>,
+    interface_max: usize,
+    max_bytes: usize,
+) -> Vec<Range<usize>> {
+    let max_packets = interface_max.clamp(1, MAX_BATCH.min(MAX_PACKETS_PER_CALL));
+    let mut out = Vec::new();
+    let (mut start, mut count, mut bytes) = (0usize, 0usize, 0usize);
+    for (i, len) in lens.into_iter().enumerate() {
+        if count > 0 && (count == max_packets || bytes.saturating_add(len) > max_bytes) {
+            out.push(start..i);
+            (start, count, bytes) = (i, 0, 0);
+        }
+        count += 1;
+        bytes = bytes.saturating_add(len);
+    }
+    if count > 0 {
+        out.push(start..start + count);
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Span {
     first_iov: usize,
@@ -95,6 +136,7 @@ pub struct Batch {
     spans: Vec<Span>,
     descs: Vec<VmPktDesc>,
     laid_out_from: usize,
+    received: Vec<usize>,
 }
 
 // SAFETY: a `Batch` holds addresses as plain data and never dereferences them; every use of the
@@ -124,6 +166,7 @@ impl Batch {
             spans: Vec::with_capacity(packets),
             descs: Vec::with_capacity(packets),
             laid_out_from: 0,
+            received: Vec::with_capacity(packets),
         }
     }
 
@@ -140,6 +183,7 @@ impl Batch {
         self.iovs.clear();
         self.spans.clear();
         self.descs.clear();
+        self.received.clear();
     }
 
     /// The number of packets.
@@ -184,6 +228,74 @@ impl Batch {
             len,
         });
         Some(self.spans.len() - 1)
+    }
+
+    /// Adds a packet like [`push`](Self::push), keeping at most `cap` bytes of it (later bytes
+    /// and entries are left out). For reads: a packet's capacity is then exactly what vmnet may
+    /// fill, so that the bytes a call offers stay small.
+    ///
+    /// ```
+    /// use vmnet::{batch::Batch, iov::iovec_ref};
+    ///
+    /// let (a, b, c) = ([0u8; 1000], [0u8; 1000], [0u8; 1000]);
+    /// let mut batch = Batch::new();
+    /// batch.push_capped([iovec_ref(&a), iovec_ref(&b), iovec_ref(&c)], 0, 1526);
+    /// assert_eq!(batch.packet_len(0), 1526);
+    /// assert_eq!(batch.packet_iovs(0).len(), 2);
+    /// assert_eq!(batch.packet_iovs(0)[1].iov_len, 526);
+    /// ```
+    pub fn push_capped(
+        &mut self,
+        iovs: impl IntoIterator<Item = iovec>,
+        skip: usize,
+        cap: usize,
+    ) -> Option<usize> {
+        let i = self.push(iovs, skip)?;
+        let span = &mut self.spans[i];
+        if span.len > cap {
+            let mut kept = 0;
+            let mut entries = 0;
+            for v in &mut self.iovs[span.first_iov..span.first_iov + span.iovs] {
+                if kept == cap {
+                    break;
+                }
+                v.iov_len = v.iov_len.min(cap - kept);
+                kept += v.iov_len;
+                entries += 1;
+            }
+            self.iovs.truncate(span.first_iov + entries);
+            span.iovs = entries;
+            span.len = kept;
+            if kept == 0 {
+                self.spans.pop();
+                return None;
+            }
+        }
+        Some(i)
+    }
+
+    /// The calls `self[range]` takes within the interface's maximum and Apple's per-call limits
+    /// ([`split_calls`] over the packet lengths; for reads, the capacities), as absolute ranges.
+    ///
+    /// ```
+    /// let buf = [0u8; 100 * 1024];
+    /// let mut b = vmnet::batch::Batch::new();
+    /// for _ in 0..4 {
+    ///     b.push([vmnet::iov::iovec_ref(&buf)], 0);
+    /// }
+    /// // 100 KiB packets: two fit in 256 KiB.
+    /// assert_eq!(b.calls(0..4, 256), vec![0..2, 2..4]);
+    /// ```
+    pub fn calls(&self, range: Range<usize>, interface_max: usize) -> Vec<Range<usize>> {
+        let base = range.start;
+        split_calls(
+            self.spans[range].iter().map(|s| s.len),
+            interface_max,
+            MAX_BYTES_PER_CALL,
+        )
+        .into_iter()
+        .map(|r| r.start + base..r.end + base)
+        .collect()
     }
 
     /// The length of packet `i` as added (for reads: its capacity).
@@ -234,7 +346,9 @@ impl Batch {
     }
 
     /// Checks that every packet can receive a whole packet: capacity of at least
-    /// `max_packet_size` (the header's requirement for `vmnet_read` buffers).
+    /// `max_packet_size` (the header's requirement for `vmnet_read` buffers; pass
+    /// [`FrameLimits::read_capacity`](crate::limits::FrameLimits::read_capacity), which adds the
+    /// virtio-net header where the interface carries it).
     ///
     /// ```
     /// let buf = [0u8; 1000];
@@ -255,7 +369,8 @@ impl Batch {
     }
 
     /// Checks that no packet is larger than `max_packet_size` (the header's limit for
-    /// `vmnet_write`).
+    /// `vmnet_write`; pass [`FrameLimits::max_packet`](crate::limits::FrameLimits::max_packet),
+    /// which follows the interface's mode).
     ///
     /// ```
     /// let buf = [0u8; 2000];
@@ -297,6 +412,7 @@ impl Batch {
         let base = self.iovs.as_mut_ptr();
         self.descs.clear();
         self.laid_out_from = range.start;
+        self.received.resize(self.spans.len(), 0);
         self.descs
             .extend(self.spans[range.clone()].iter().map(|s| VmPktDesc {
                 vm_pkt_size: s.len,
@@ -310,24 +426,57 @@ impl Batch {
     }
 
     /// After a read into the descriptors laid out by the last [`descriptors`](Self::descriptors)
-    /// call, the length received into its `i`-th descriptor, capped at the packet's capacity (a
-    /// framework bug cannot make a caller read past its buffer).
-    ///
-    /// # Panics
-    ///
-    /// If `i` is beyond the last laid-out range.
+    /// call, records each one's received length (`vm_pkt_size`, capped at the packet's capacity:
+    /// a framework bug cannot make a caller read past its buffer) for
+    /// [`received_len`](Self::received_len). Call it once per read call.
     ///
     /// ```
     /// let buf = [0u8; 64];
     /// let mut b = vmnet::batch::Batch::new();
     /// b.push([vmnet::iov::iovec_ref(&buf)], 0);
     /// b.descriptors(0..1)[0].vm_pkt_size = 42; // as vmnet_read would
+    /// b.record_received();
     /// assert_eq!(b.received_len(0), 42);
     /// ```
+    pub fn record_received(&mut self) {
+        let from = self.laid_out_from;
+        for (k, d) in self.descs.iter().enumerate() {
+            let i = from + k;
+            self.received[i] = d.vm_pkt_size.min(self.spans[i].len);
+        }
+    }
+
+    /// Sets the received length of packet `i` (capped at its capacity): for a read that went
+    /// through a bounce buffer.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is out of range.
+    ///
+    /// ```
+    /// let buf = [0u8; 64];
+    /// let mut b = vmnet::batch::Batch::new();
+    /// b.push([vmnet::iov::iovec_ref(&buf)], 0);
+    /// b.set_received(0, 100);
+    /// assert_eq!(b.received_len(0), 64);
+    /// ```
+    pub fn set_received(&mut self, i: usize, len: usize) {
+        if self.received.len() < self.spans.len() {
+            self.received.resize(self.spans.len(), 0);
+        }
+        self.received[i] = len.min(self.spans[i].len);
+    }
+
+    /// The length received into packet `i` (0 when nothing was recorded for it).
+    ///
+    /// ```
+    /// let buf = [0u8; 64];
+    /// let mut b = vmnet::batch::Batch::new();
+    /// b.push([vmnet::iov::iovec_ref(&buf)], 0);
+    /// assert_eq!(b.received_len(0), 0);
+    /// ```
     pub fn received_len(&self, i: usize) -> usize {
-        self.descs[i]
-            .vm_pkt_size
-            .min(self.spans[self.laid_out_from + i].len)
+        self.received.get(i).copied().unwrap_or(0)
     }
 }
 
@@ -354,6 +503,100 @@ mod tests {
         assert_eq!(chunks(0, 4).count(), 0);
         assert_eq!(chunks(128, 256).collect::<Vec<_>>(), vec![0..128]);
         assert_eq!(chunks(3, 0).count(), 3);
+    }
+
+    /// Checks every call of `calls` against Apple's limits and that `calls` covers `lens` once,
+    /// in order.
+    fn assert_within_limits(calls: &[Range<usize>], lens: &[usize]) {
+        let mut next = 0;
+        for c in calls {
+            assert_eq!(c.start, next, "{calls:?}");
+            assert!(!c.is_empty(), "{calls:?}");
+            assert!(c.len() <= MAX_PACKETS_PER_CALL.min(MAX_BATCH), "{calls:?}");
+            let bytes: usize = lens[c.clone()].iter().sum();
+            assert!(
+                bytes <= MAX_BYTES_PER_CALL || c.len() == 1,
+                "call {c:?} moves {bytes} bytes"
+            );
+            next = c.end;
+        }
+        assert_eq!(next, lens.len());
+    }
+
+    #[test]
+    fn a_batch_of_large_rx_rooms_is_split_by_bytes() {
+        // 128 frames of 64 KiB mergeable rooms (12 + 65553 bytes each): 8 MiB in one call today.
+        let lens = vec![12 + 65553; 128];
+        let calls = split_calls(lens.iter().copied(), 256, MAX_BYTES_PER_CALL);
+        assert_within_limits(&calls, &lens);
+        assert_eq!(calls[0], 0..3);
+        assert_eq!(calls.len(), 43);
+    }
+
+    #[test]
+    fn small_packets_are_split_by_count_only() {
+        let lens = vec![1514; 300];
+        let calls = split_calls(lens.iter().copied(), 256, MAX_BYTES_PER_CALL);
+        assert_within_limits(&calls, &lens);
+        // 128 * 1514 = 189 KiB: the packet cap binds first.
+        assert_eq!(calls, vec![0..128, 128..256, 256..300]);
+        // The interface's own maximum binds when lower.
+        let calls = split_calls(lens.iter().copied(), 50, MAX_BYTES_PER_CALL);
+        assert_eq!(calls[0], 0..50);
+        assert_within_limits(&calls, &lens);
+    }
+
+    #[test]
+    fn mixed_sizes_stay_within_both_limits() {
+        let lens: Vec<usize> = (0..500)
+            .map(|i| [60, 1514, 9014, 65565, 1526][i % 5])
+            .collect();
+        for max in [1, 7, 64, 128, 200, 256, 1000] {
+            let calls = split_calls(lens.iter().copied(), max, MAX_BYTES_PER_CALL);
+            assert_within_limits(&calls, &lens);
+            assert!(calls.iter().all(|c| c.len() <= max.max(1)));
+        }
+        assert!(split_calls(std::iter::empty(), 128, MAX_BYTES_PER_CALL).is_empty());
+    }
+
+    #[test]
+    fn an_oversized_packet_gets_a_call_of_its_own() {
+        let lens = [100, MAX_BYTES_PER_CALL + 1, 100];
+        let calls = split_calls(lens, 128, MAX_BYTES_PER_CALL);
+        assert_eq!(calls, vec![0..1, 1..2, 2..3]);
+    }
+
+    #[test]
+    fn batch_calls_are_absolute_ranges_of_the_sub_range() {
+        let big = vec![0u8; 100 * 1024];
+        let mut batch = Batch::new();
+        for _ in 0..6 {
+            batch.push([iovec_ref(&big)], 0);
+        }
+        assert_eq!(batch.calls(1..6, 128), vec![1..3, 3..5, 5..6]);
+    }
+
+    #[test]
+    fn push_capped_trims_the_tail_and_keeps_short_packets() {
+        let (a, b) = ([0u8; 10], [0u8; 10]);
+        let mut batch = Batch::new();
+        assert_eq!(
+            batch.push_capped([iovec_ref(&a), iovec_ref(&b)], 0, 10),
+            Some(0)
+        );
+        assert_eq!(batch.packet_iovs(0).len(), 1);
+        assert_eq!(batch.packet_len(0), 10);
+        assert_eq!(
+            batch.push_capped([iovec_ref(&a), iovec_ref(&b)], 2, 100),
+            Some(1)
+        );
+        assert_eq!(batch.packet_len(1), 18);
+        assert_eq!(batch.push_capped([iovec_ref(&a)], 0, 0), None);
+        assert_eq!(batch.len(), 2);
+        // The next packet's iovecs start right after the trimmed ones.
+        batch.push([iovec_ref(&b)], 0);
+        assert_eq!(batch.packet_iovs(2)[0].iov_len, 10);
+        assert_eq!(batch.descriptors(0..3)[2].vm_pkt_iovcnt, 1);
     }
 
     #[test]
@@ -454,8 +697,29 @@ mod tests {
         let d = batch.descriptors(0..2);
         d[0].vm_pkt_size = 60;
         d[1].vm_pkt_size = 1000; // a lying framework
+        batch.record_received();
         assert_eq!(batch.received_len(0), 60);
         assert_eq!(batch.received_len(1), 100);
+    }
+
+    #[test]
+    fn received_lengths_of_every_call_are_kept() {
+        // A read split into two calls: the first call's lengths must survive the second.
+        let bufs = [[0u8; 100]; 4];
+        let mut batch = Batch::new();
+        for b in &bufs {
+            batch.push([iovec_ref(b)], 0);
+        }
+        for (k, d) in batch.descriptors(0..2).iter_mut().enumerate() {
+            d.vm_pkt_size = 10 + k;
+        }
+        batch.record_received();
+        for (k, d) in batch.descriptors(2..4).iter_mut().enumerate() {
+            d.vm_pkt_size = 20 + k;
+        }
+        batch.record_received();
+        let got: Vec<usize> = (0..4).map(|i| batch.received_len(i)).collect();
+        assert_eq!(got, vec![10, 11, 20, 21]);
     }
 
     #[test]

@@ -259,7 +259,8 @@ pub enum Error {
         index: usize,
         /// Its length.
         len: usize,
-        /// The interface's `max_packet_size`.
+        /// The capacity a read buffer needs (the interface's `max_packet_size`, plus the
+        /// virtio-net header in virtio-header mode).
         required: usize,
     },
     /// A packet to write is larger than the interface's maximum packet size.
@@ -269,7 +270,8 @@ pub enum Error {
         index: usize,
         /// Its length.
         len: usize,
-        /// The interface's `max_packet_size`.
+        /// The largest packet the interface takes (its `max_packet_size`, plus the virtio-net
+        /// header in virtio-header mode, or a whole GSO frame with TSO).
         max: usize,
     },
     /// A packet to write has no bytes at all.

@@ -13,11 +13,12 @@ use block2::RcBlock;
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 use dispatch2::{DispatchQueue, DispatchRetained};
 
-use crate::batch::{Batch, MAX_BATCH, batch_len, chunks};
+use crate::batch::{Batch, MAX_BATCH, batch_len};
 use crate::error::{Error, Result};
 use crate::forward::{Family, PortForward, Protocol};
 use crate::iov::{iovec_mut, iovec_ref};
 use crate::keys::{self, Param};
+use crate::limits::{FrameLimits, MAX_PACKETS_PER_CALL};
 use crate::linearize::Linearizer;
 use crate::options::Options;
 use crate::params::{InterfaceParams, RawParams};
@@ -81,8 +82,9 @@ unsafe impl Send for Handle {}
 // SAFETY: as above.
 unsafe impl Sync for Handle {}
 
+/// A batch and its linearising fallback: one for reads, one for writes.
 #[derive(Debug, Default)]
-struct TxScratch {
+struct Scratch {
     batch: Batch,
     lin: Linearizer,
 }
@@ -105,9 +107,10 @@ pub struct Interface {
     handle: Handle,
     queue: DispatchRetained<DispatchQueue>,
     params: InterfaceParams,
+    limits: FrameLimits,
     pub(crate) shared: Arc<Shared>,
-    rx: Mutex<Batch>,
-    tx: Mutex<TxScratch>,
+    rx: Mutex<Scratch>,
+    tx: Mutex<Scratch>,
     stopped: bool,
 }
 
@@ -116,6 +119,7 @@ impl std::fmt::Debug for Interface {
         f.debug_struct("Interface")
             .field("handle", &self.handle.0)
             .field("params", &self.params)
+            .field("limits", &self.limits)
             .field("stopped", &self.stopped)
             .finish_non_exhaustive()
     }
@@ -226,7 +230,8 @@ impl Interface {
         // until the completion was received; the framework copies the handler block.
         let raw =
             unsafe { sys::vmnet_start_interface(desc.as_raw(), &queue, RcBlock::as_ptr(&handler)) };
-        let iface = Self::finish_start(OP, raw, queue, &rx, timeout);
+        let limits = (options.virtio_header_enabled(), options.tso_enabled());
+        let iface = Self::finish_start(OP, raw, queue, &rx, timeout, limits);
         drop(desc);
         iface
     }
@@ -238,6 +243,7 @@ impl Interface {
         queue: DispatchRetained<DispatchQueue>,
         rx: &Receiver<Result<InterfaceParams>>,
         timeout: Duration,
+        (virtio_header, tso): (bool, bool),
     ) -> Result<Self> {
         let Some(handle) = NonNull::new(raw) else {
             return Err(Error::NullHandle { op });
@@ -263,13 +269,18 @@ impl Interface {
         // them, so the first wait must not block.
         shared.ready.set_pending();
         let read_batch = params.read_batch();
+        let limits = FrameLimits::new(params.max_packet_size, virtio_header, tso);
         let mut iface = Interface {
             handle: Handle(handle),
             queue,
             params,
+            limits,
             shared,
-            rx: Mutex::new(Batch::with_capacity(read_batch, read_batch)),
-            tx: Mutex::new(TxScratch::default()),
+            rx: Mutex::new(Scratch {
+                batch: Batch::with_capacity(read_batch, read_batch),
+                lin: Linearizer::new(),
+            }),
+            tx: Mutex::new(Scratch::default()),
             stopped: false,
         };
         if let Err(e) = iface.register_events() {
@@ -326,11 +337,23 @@ impl Interface {
     /// ```no_run
     /// # fn f(iface: &vmnet::Interface) {
     /// let p = iface.params();
-    /// let bufs = vec![vec![0u8; p.max_packet_size]; p.read_batch()];
+    /// let bufs = vec![vec![0u8; iface.limits().read_capacity()]; p.read_batch()];
     /// # }
     /// ```
     pub fn params(&self) -> &InterfaceParams {
         &self.params
+    }
+
+    /// The packet sizes that follow from the parameters and the mode the interface was started
+    /// in (virtio-net header, TSO): the largest packet written, the capacity of read buffers.
+    ///
+    /// ```no_run
+    /// # fn f(iface: &vmnet::Interface) {
+    /// let bufs = vec![vec![0u8; iface.limits().read_capacity()]; iface.params().read_batch()];
+    /// # }
+    /// ```
+    pub fn limits(&self) -> FrameLimits {
+        self.limits
     }
 
     /// Runs `callback` on the interface's serial dispatch queue for every event, replacing any
@@ -403,13 +426,15 @@ impl Interface {
     /// Reads up to `min(bufs.len(), lens.len(), 128, read_max_packets)` packets, one per buffer;
     /// sets `lens[i]` to packet `i`'s length and returns how many were read (0: none pending).
     ///
-    /// Every buffer used must hold at least [`InterfaceParams::max_packet_size`] bytes, or the
-    /// call fails with [`Error::BufferTooSmall`] before reading.
+    /// Every buffer used must hold at least [`FrameLimits::read_capacity`] bytes
+    /// ([`InterfaceParams::max_packet_size`], plus the 12-byte virtio-net header in
+    /// virtio-header mode, more with TSO), or the call fails with [`Error::BufferTooSmall`]
+    /// before reading.
     ///
     /// ```no_run
     /// # fn f(iface: &vmnet::Interface) -> vmnet::Result<()> {
     /// let p = iface.params();
-    /// let mut bufs = vec![vec![0u8; p.max_packet_size]; 32];
+    /// let mut bufs = vec![vec![0u8; iface.limits().read_capacity()]; 32];
     /// let mut lens = [0usize; 32];
     /// loop {
     ///     let n = iface.read_batch(&mut bufs, &mut lens)?;
@@ -426,30 +451,41 @@ impl Interface {
         if n == 0 {
             return Ok(0);
         }
-        let mut batch = lock(&self.rx);
+        let cap = self.limits.read_capacity();
+        let mut rx = lock(&self.rx);
+        let Scratch { batch, lin } = &mut *rx;
         batch.clear();
         for (index, b) in bufs[..n].iter_mut().enumerate() {
-            if batch.push([iovec_mut(b.as_mut())], 0).is_none() {
+            if batch.push_capped([iovec_mut(b.as_mut())], 0, cap).is_none() {
                 return Err(Error::BufferTooSmall {
                     index,
                     len: 0,
-                    required: self.params.max_packet_size,
+                    required: cap,
                 });
             }
         }
-        batch.check_read_capacity(self.params.max_packet_size)?;
+        batch.check_read_capacity(cap)?;
         // SAFETY: the iovecs describe `bufs[..n]`, mutably borrowed by this call and not
         // otherwise accessed during it.
-        let got = unsafe { self.read_raw(&mut batch) }?;
+        let got = unsafe { self.read_raw(batch, lin) }?;
         for (i, len) in lens[..got].iter_mut().enumerate() {
             *len = batch.received_len(i);
         }
         Ok(got)
     }
 
-    /// Reads straight into the packets of `batch` (zero-copy: for instance a guest's RX buffers),
-    /// up to `min(batch.len(), 128, read_max_packets)` of them; returns how many were filled.
-    /// [`Batch::received_len`] then gives each one's length.
+    /// Reads straight into the packets of `batch` (zero-copy: for instance a guest's RX buffers);
+    /// returns how many were filled, in order. [`Batch::received_len`] then gives each one's
+    /// length.
+    ///
+    /// The batch is read in calls of at most `min(128, read_max_packets)` packets and 256 KiB of
+    /// capacity (Apple's per-call limits, [`crate::limits`]); reading stops at the first call
+    /// that fills fewer packets than it offered (vmnet has nothing more). Every packet must have
+    /// a capacity of at least [`FrameLimits::read_capacity`]; push them with
+    /// [`Batch::push_capped`] at that capacity so that a call offers no more than it needs. If
+    /// the framework refuses a packet made of several iovecs, the packets are read through
+    /// bounce buffers and copied into place (see [`crate::linearize`]), and later reads do so
+    /// up front.
     ///
     /// # Safety
     ///
@@ -460,50 +496,134 @@ impl Interface {
     /// # fn f(iface: &vmnet::Interface) -> vmnet::Result<()> {
     /// use vmnet::{batch::Batch, iov::iovec_mut};
     ///
-    /// let mut a = vec![0u8; iface.params().max_packet_size];
+    /// let mut a = vec![0u8; iface.limits().read_capacity()];
     /// let mut batch = Batch::new();
-    /// batch.push([iovec_mut(&mut a)], 0);
+    /// batch.push_capped([iovec_mut(&mut a)], 0, iface.limits().read_capacity());
     /// // SAFETY: `a` is live, and only reached through the batch during the call.
     /// let n = unsafe { iface.read_iovecs(&mut batch) }?;
     /// # Ok(()) }
     /// ```
     #[doc(alias = "vmnet_read")]
     pub unsafe fn read_iovecs(&self, batch: &mut Batch) -> Result<usize> {
-        batch.check_read_capacity(self.params.max_packet_size)?;
+        batch.check_read_capacity(self.limits.read_capacity())?;
+        let mut rx = lock(&self.rx);
         // SAFETY: forwarded from the caller.
-        unsafe { self.read_raw(batch) }
+        unsafe { self.read_raw(batch, &mut rx.lin) }
+    }
+
+    /// Whether reads go through bounce buffers because the framework refused multi-iovec
+    /// packets.
+    ///
+    /// ```no_run
+    /// # fn f(iface: &vmnet::Interface) {
+    /// println!("linearising reads: {}", iface.linearizing_reads());
+    /// # }
+    /// ```
+    pub fn linearizing_reads(&self) -> bool {
+        lock(&self.rx).lin.is_needed()
     }
 
     /// # Safety
     ///
     /// As [`read_iovecs`](Self::read_iovecs).
-    unsafe fn read_raw(&self, batch: &mut Batch) -> Result<usize> {
-        let n = batch_len(batch.len(), self.params.read_max_packets);
-        if n == 0 {
+    unsafe fn read_raw(&self, batch: &mut Batch, lin: &mut Linearizer) -> Result<usize> {
+        if batch.is_empty() {
             return Ok(0);
         }
         // Clear before reading: an event during the read sets the flag again.
         self.shared.ready.clear();
-        let descs = batch.descriptors(0..n);
+        let mut total = 0;
+        let mut last_full = false;
+        for range in batch.calls(0..batch.len(), self.params.read_max_packets) {
+            let want = range.len();
+            let result = if lin.bounces_up_front(batch, range.clone()) {
+                // SAFETY: the caller vouches for the iovecs.
+                unsafe { self.read_bounced(batch, lin, range) }
+            } else {
+                // SAFETY: the caller vouches for the iovecs.
+                match unsafe { self.read_once(batch, range.clone()) } {
+                    Err(e)
+                        if e.status()
+                            .is_some_and(|s| lin.should_fall_back(s, batch, range.clone())) =>
+                    {
+                        lin.mark_needed();
+                        // SAFETY: as above.
+                        unsafe { self.read_bounced(batch, lin, range) }
+                    }
+                    r => r,
+                }
+            };
+            match result {
+                Ok(n) => {
+                    total += n;
+                    last_full = n == want;
+                    if n < want {
+                        break;
+                    }
+                }
+                // The packets read before the failing call are delivered; the next read meets
+                // the error again.
+                Err(_) if total > 0 => {
+                    last_full = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if last_full {
+            // A full batch: more may be pending, and no event will say so.
+            self.shared.ready.set_pending();
+        }
+        Ok(total)
+    }
+
+    /// One `vmnet_read` into `batch[range]` (within the per-call limits); records the lengths.
+    ///
+    /// # Safety
+    ///
+    /// The iovecs of `batch[range]` must be valid for writes during the call and not otherwise
+    /// accessed.
+    unsafe fn read_once(&self, batch: &mut Batch, range: std::ops::Range<usize>) -> Result<usize> {
+        let n = range.len();
+        debug_assert!(n <= MAX_BATCH.min(MAX_PACKETS_PER_CALL));
+        let descs = batch.descriptors(range);
         let mut count = n as c_int;
         // SAFETY: the interface is started and not stopped (`stop` takes `self`); `descs` holds
         // `n` descriptors whose iovecs the caller vouches for; `count` is a live int.
         let status =
             unsafe { sys::vmnet_read(self.handle.0.as_ptr(), descs.as_mut_ptr(), &mut count) };
         Error::check("vmnet_read", status)?;
-        let got = usize::try_from(count).unwrap_or(0).min(n);
-        if got == n {
-            // A full batch: more may be pending, and no event will say so.
-            self.shared.ready.set_pending();
-        }
+        batch.record_received();
+        Ok(usize::try_from(count).unwrap_or(0).min(n))
+    }
+
+    /// One `vmnet_read` of `batch[range]` through bounce buffers, copied back into place.
+    ///
+    /// # Safety
+    ///
+    /// As [`read_once`](Self::read_once).
+    unsafe fn read_bounced(
+        &self,
+        batch: &mut Batch,
+        lin: &mut Linearizer,
+        range: std::ops::Range<usize>,
+    ) -> Result<usize> {
+        let want = range.len();
+        let flat = lin.bounce_for_read(batch, range.clone());
+        // SAFETY: the flat batch points into `lin`'s buffers or the caller's memory.
+        let got = unsafe { self.read_once(flat, 0..want) }?;
+        // SAFETY: the caller vouches for the iovecs of `batch[range]`.
+        unsafe { lin.scatter_back(batch, range, got) };
         Ok(got)
     }
 
     /// Writes the packets in order, in calls of at most `min(128, write_max_packets)`; returns
     /// how many were written (fewer than given when the framework took fewer).
     ///
-    /// A packet larger than [`InterfaceParams::max_packet_size`] fails the call with
-    /// [`Error::PacketTooLarge`], an empty one with [`Error::EmptyPacket`], before writing.
+    /// A packet larger than [`FrameLimits::max_packet`] (the maximum packet size, plus the
+    /// virtio-net header in virtio-header mode, or a whole GSO frame with TSO) fails the call
+    /// with [`Error::PacketTooLarge`], an empty one with [`Error::EmptyPacket`], before writing.
+    /// Calls stay within Apple's per-call limits (200 packets, 256 KiB).
     ///
     /// ```no_run
     /// # fn f(iface: &vmnet::Interface, frames: &[Vec<u8>]) -> vmnet::Result<()> {
@@ -513,14 +633,14 @@ impl Interface {
     #[doc(alias = "vmnet_write")]
     pub fn write_batch<B: AsRef<[u8]>>(&self, packets: &[B]) -> Result<usize> {
         let mut tx = lock(&self.tx);
-        let TxScratch { batch, lin } = &mut *tx;
+        let Scratch { batch, lin } = &mut *tx;
         batch.clear();
         for (index, p) in packets.iter().enumerate() {
             if batch.push([iovec_ref(p.as_ref())], 0).is_none() {
                 return Err(Error::EmptyPacket { index });
             }
         }
-        batch.check_write_sizes(self.params.max_packet_size)?;
+        batch.check_write_sizes(self.limits.max_packet())?;
         // SAFETY: the iovecs describe `packets`, borrowed by this call; vmnet only reads them.
         unsafe { self.write_raw(batch, lin) }
     }
@@ -546,7 +666,7 @@ impl Interface {
     /// ```
     #[doc(alias = "vmnet_write")]
     pub unsafe fn write_iovecs(&self, batch: &mut Batch) -> Result<usize> {
-        batch.check_write_sizes(self.params.max_packet_size)?;
+        batch.check_write_sizes(self.limits.max_packet())?;
         let mut tx = lock(&self.tx);
         // SAFETY: forwarded from the caller.
         unsafe { self.write_raw(batch, &mut tx.lin) }
@@ -568,9 +688,9 @@ impl Interface {
     /// As [`write_iovecs`](Self::write_iovecs).
     unsafe fn write_raw(&self, batch: &mut Batch, lin: &mut Linearizer) -> Result<usize> {
         let mut total = 0;
-        for range in chunks(batch.len(), self.params.write_max_packets) {
+        for range in batch.calls(0..batch.len(), self.params.write_max_packets) {
             let want = range.len();
-            let result = if lin.is_needed() && batch.has_multi_iov(range.clone()) {
+            let result = if lin.bounces_up_front(batch, range.clone()) {
                 // SAFETY: the caller vouches for the iovecs; the flat batch is used at once.
                 let flat = unsafe { lin.linearize(batch, range.clone()) };
                 // SAFETY: the flat batch points into `lin`'s buffers or the caller's memory.
@@ -611,7 +731,7 @@ impl Interface {
     /// The iovecs of `batch[range]` must be valid for reads during the call.
     unsafe fn write_once(&self, batch: &mut Batch, range: std::ops::Range<usize>) -> Result<usize> {
         let n = range.len();
-        debug_assert!(n <= MAX_BATCH);
+        debug_assert!(n <= MAX_BATCH.min(MAX_PACKETS_PER_CALL));
         let descs = batch.descriptors(range);
         let mut count = n as c_int;
         // SAFETY: started, not stopped; `n` descriptors whose iovecs the caller vouches for.

@@ -1,9 +1,9 @@
 //! iovec lists: building them, trimming a header prefix off, dropping empty entries (portable:
 //! built and tested on every host).
 //!
-//! vmnet rejects a zero-length iovec inside a packet descriptor (DESIGN.md, vmnet facts), and a
-//! virtio-net device that skips the 12-byte virtio-net header of a descriptor chain produces one
-//! whenever the header fills a whole descriptor. [`push_trimmed`] does both jobs: it skips a
+//! vmnet rejects a zero-length iovec inside a packet descriptor (docs/design.md, "vmnet facts"),
+//! and a virtio-net device that skips the 12-byte virtio-net header of a descriptor chain produces
+//! one whenever the header fills a whole descriptor. [`push_trimmed`] does both jobs: it skips a
 //! prefix across iovec boundaries and never emits an empty entry.
 //!
 //! Building an iovec is safe (it is two numbers); handing one to the framework is not, and is done

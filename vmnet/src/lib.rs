@@ -4,12 +4,13 @@
 //! **The binding itself is macOS-only.** On other systems this crate builds with its portable
 //! modules only (status codes and errors, option validation and the exact `interface_desc`
 //! contents, interface parameters, iovec and batch bookkeeping, the linearising write fallback,
-//! readiness, port-forwarding rules and a small ARP/ICMP responder), so that the logic that does
-//! not need a Mac is compiled and unit-tested everywhere.
+//! readiness and port-forwarding rules), so that the logic that does not need a Mac is compiled
+//! and unit-tested everywhere. Programs that use the binding are in the workspace's `examples`
+//! package (`vmnet_echo`, `vmnet_async`).
 //!
 //! # Shape
 //!
-//! - [`Options`] describes the interface (mode host/shared/bridged, DHCP range, MTU, offloads…)
+//! - [`Options`] describes the interface (mode host, shared or bridged; DHCP range, MTU, offloads…)
 //!   and is validated before any call into the framework.
 //! - `Interface::start` (macOS) starts the interface, waits for the framework's completion handler
 //!   with a timeout and returns with its [`InterfaceParams`] (MAC, MTU, maximum packet size,
@@ -41,7 +42,7 @@
 //!
 //! let iface = Interface::start(&Options::shared(), Duration::from_secs(10))?;
 //! let params = iface.params().clone();
-//! let mut bufs = vec![vec![0u8; params.max_packet_size]; params.read_batch()];
+//! let mut bufs = vec![vec![0u8; iface.limits().read_capacity()]; params.read_batch()];
 //! let mut lens = vec![0usize; bufs.len()];
 //! if iface.wait_readable(Some(Duration::from_secs(5)))? {
 //!     let n = iface.read_batch(&mut bufs, &mut lens)?;
@@ -56,10 +57,10 @@
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod echo;
 pub mod error;
 pub mod forward;
 pub mod iov;
+pub mod limits;
 pub mod linearize;
 pub mod options;
 pub mod params;

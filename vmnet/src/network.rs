@@ -436,7 +436,8 @@ impl Interface {
                 RcBlock::as_ptr(&handler),
             )
         };
-        let iface = Interface::finish_start(OP, raw, queue, &rx, timeout);
+        let limits = (options.virtio_header_enabled(), options.tso_enabled());
+        let iface = Interface::finish_start(OP, raw, queue, &rx, timeout, limits);
         drop(desc);
         iface
     }

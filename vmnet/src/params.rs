@@ -222,18 +222,6 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-/// Formats a MAC address the usual way (`02:00:00:0a:0b:0c`).
-///
-/// ```
-/// assert_eq!(vmnet::params::format_mac(&[2, 0, 0, 10, 11, 12]), "02:00:00:0a:0b:0c");
-/// ```
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,11 +387,5 @@ mod tests {
         ] {
             assert_eq!(parse_mac(s), None, "{s:?}");
         }
-    }
-
-    #[test]
-    fn format_then_parse_round_trips() {
-        let mac = [0xde, 0xad, 0x00, 0x0b, 0xee, 0xf0];
-        assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));
     }
 }

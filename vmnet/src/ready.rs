@@ -6,7 +6,7 @@
 //! [`AtomicWaker`](atomic_waker::AtomicWaker) holds its waker). A reader clears the flag with
 //! [`Readiness::clear`] *before* reading, so an event that arrives during the read is not lost,
 //! and reads until the framework returns no packet: vmnet never repeats an event for packets that
-//! were already pending (DESIGN.md, vmnet facts).
+//! were already pending (docs/design.md, "vmnet facts").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};

@@ -6,49 +6,17 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Backend, BackendInfo, Offloads, RxFrame, TxFrame};
 use crate::event::Notifier;
 
-/// How a [`MemBackend`] presents itself.
-#[derive(Clone, Debug)]
-pub struct MemBackendConfig {
-    /// Frames carry a virtio-net header (as with TAP) or not (as with vmnet).
-    pub vnet_hdr: bool,
-    /// Offloads claimed.
-    pub offloads: Offloads,
-    /// MTU claimed.
-    pub mtu: Option<u16>,
-    /// MAC claimed.
-    pub mac: Option<[u8; 6]>,
-    /// Largest frame.
-    pub max_frame_len: usize,
-    /// Frames per receive call.
-    pub rx_batch: usize,
-    /// Frames per send call.
-    pub tx_batch: usize,
-    /// Keep only a count of sent frames instead of their bytes (benchmarks). The bytes are
-    /// still copied once, into a reused scratch buffer, as a real backend copies them into the
-    /// host's network stack.
-    pub discard_sent: bool,
-}
-
-impl Default for MemBackendConfig {
-    fn default() -> Self {
-        Self {
-            vnet_hdr: false,
-            offloads: Offloads::NONE,
-            mtu: None,
-            mac: None,
-            max_frame_len: 1518,
-            rx_batch: 64,
-            tx_batch: 64,
-            discard_sent: false,
-        }
-    }
-}
+/// How a [`MemBackend`] presents itself: the [`BackendInfo`] it reports to the device, as given
+/// (the default is a plain Ethernet backend: no virtio-net header, no offloads, 1518-byte frames,
+/// 64 frames per call). Whether it keeps the frames the guest sends is set on the handle
+/// ([`MemBackendHandle::discard_sent`]).
+pub type MemBackendConfig = BackendInfo;
 
 #[derive(Debug, Default)]
 struct State {
@@ -71,6 +39,7 @@ struct Shared {
     sent_count: AtomicU64,
     truncated: AtomicU64,
     recv_calls: AtomicU64,
+    discard_sent: AtomicBool,
 }
 
 impl Shared {
@@ -105,6 +74,7 @@ impl MemBackend {
                 sent_count: AtomicU64::new(0),
                 truncated: AtomicU64::new(0),
                 recv_calls: AtomicU64::new(0),
+                discard_sent: AtomicBool::new(false),
             }),
         })
     }
@@ -161,6 +131,13 @@ impl MemBackendHandle {
         self.shared.lock().send_limit = limit;
     }
 
+    /// Keep only a count of sent frames instead of their bytes (benchmarks). The bytes are
+    /// still copied once, into a reused scratch buffer, as a real backend copies them into the
+    /// host's network stack.
+    pub fn discard_sent(&self, discard: bool) {
+        self.shared.discard_sent.store(discard, Ordering::Relaxed);
+    }
+
     /// Fail the next `n` send calls with `ENOBUFS`.
     pub fn fail_sends(&self, n: u64) {
         self.shared.lock().send_errors = n;
@@ -180,15 +157,7 @@ impl MemBackendHandle {
 
 impl Backend for MemBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            vnet_hdr: self.cfg.vnet_hdr,
-            offloads: self.cfg.offloads,
-            mtu: self.cfg.mtu,
-            mac: self.cfg.mac,
-            max_frame_len: self.cfg.max_frame_len,
-            rx_batch: self.cfg.rx_batch,
-            tx_batch: self.cfg.tx_batch,
-        }
+        self.cfg.clone()
     }
 
     fn ready_fd(&self) -> BorrowedFd<'_> {
@@ -229,7 +198,7 @@ impl Backend for MemBackend {
             return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
         }
         let n = st.send_limit.map_or(frames.len(), |l| l.min(frames.len()));
-        if self.cfg.discard_sent {
+        if self.shared.discard_sent.load(Ordering::Relaxed) {
             for f in &frames[..n] {
                 let mut off = 0;
                 for b in f.bufs {

@@ -25,6 +25,39 @@ pub type GuestSlice<'m> = VolatileSlice<'m, ()>;
 /// used with `VIRTIO_F_VERSION_1`; virtio 1.2 section 5.1.6).
 pub const VNET_HDR_LEN: usize = 12;
 
+/// The longest network interface name: `IFNAMSIZ` (16) less the terminating NUL, on Linux
+/// (`include/uapi/linux/if.h`) and macOS (`<net/if.h>`) alike.
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks a network interface name (a TAP device, the host interface of vmnet's bridged mode)
+/// the way Linux's `dev_valid_name` does: 1 to [`MAX_IFNAME_LEN`] bytes, not `.` or `..`, no
+/// `/`, `:` or whitespace. Control characters (NUL among them) are refused too: no kernel takes
+/// them in a name. macOS has the same length limit. Returns what is wrong, as a phrase that
+/// follows "the name is invalid:".
+///
+/// ```
+/// use devices::net::check_ifname;
+/// assert_eq!(check_ifname("tap0"), Ok(()));
+/// assert_eq!(check_ifname(""), Err("it is empty"));
+/// assert!(check_ifname("0123456789abcdef").is_err()); // 16 bytes
+/// ```
+pub fn check_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("it is empty")
+    } else if name.len() > MAX_IFNAME_LEN {
+        Err("it is longer than 15 characters")
+    } else if name == "." || name == ".." {
+        Err("'.' and '..' are reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Err("it contains '/', ':', whitespace or a control character")
+    } else {
+        Ok(())
+    }
+}
+
 /// Offloads a backend can perform or accept, in virtio-net terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offloads {
@@ -111,6 +144,22 @@ pub struct BackendInfo {
     pub tx_batch: usize,
 }
 
+/// A backend of plain Ethernet frames: no virtio-net header, no offloads, no MTU or MAC of its
+/// own, frames of up to 1518 bytes (1500 of payload, a VLAN tag), 64 frames per call.
+impl Default for BackendInfo {
+    fn default() -> Self {
+        Self {
+            vnet_hdr: false,
+            offloads: Offloads::NONE,
+            mtu: None,
+            mac: None,
+            max_frame_len: 1518,
+            rx_batch: 64,
+            tx_batch: 64,
+        }
+    }
+}
+
 /// One frame's destination: guest buffers the backend fills.
 #[derive(Debug)]
 pub struct RxFrame<'s, 'm> {
@@ -188,6 +237,28 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_follow_the_kernels_rules() {
+        for good in ["tap0", "abcdefghijklmno", "en0", "vnet-lan.1"] {
+            assert_eq!(check_ifname(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "abcdefghijklmnop",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\0b",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+        // The limit is in bytes, as the kernel counts: 8 two-byte characters are too many.
+        assert!(check_ifname("éééééééé").is_err());
+    }
 
     #[test]
     fn the_virtio_header_brings_checksum_offload_and_tso_when_asked() {

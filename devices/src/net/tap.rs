@@ -34,9 +34,16 @@ const MAX_IOVECS: usize = 1024;
 /// Errors opening a TAP device, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    /// The interface name is empty or too long.
-    #[error("invalid TAP name {0:?}: use 1 to 15 characters")]
-    BadName(String),
+    /// The interface name is one the kernel would refuse ([`super::check_ifname`]).
+    #[error(
+        "invalid TAP name {name:?}: {reason} (use 1 to 15 characters without '/', ':' or whitespace)"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `/dev/net/tun` is missing.
     #[error("cannot open /dev/net/tun: load the tun module (modprobe tun)")]
     NoTunDevice(#[source] io::Error),
@@ -90,10 +97,11 @@ struct IfReqMtu {
 }
 
 fn ifname(name: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], TapError> {
+    super::check_ifname(name).map_err(|reason| TapError::BadName {
+        name: name.to_owned(),
+        reason,
+    })?;
     let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(TapError::BadName(name.to_owned()));
-    }
     let mut out = [0 as libc::c_char; libc::IFNAMSIZ];
     for (o, &b) in out.iter_mut().zip(bytes) {
         *o = b as libc::c_char;
@@ -330,13 +338,16 @@ mod tests {
 
     #[test]
     fn names_must_fit_ifnamsiz() {
-        assert!(matches!(ifname(""), Err(TapError::BadName(_))));
+        assert!(matches!(ifname(""), Err(TapError::BadName { .. })));
         assert!(matches!(
             ifname("0123456789abcdef"),
-            Err(TapError::BadName(_))
+            Err(TapError::BadName { .. })
         ));
         assert!(ifname("0123456789abcde").is_ok());
-        assert!(matches!(ifname("a\0b"), Err(TapError::BadName(_))));
+        assert!(matches!(ifname("a\0b"), Err(TapError::BadName { .. })));
+        // The shared rules (`check_ifname`), not only the length: the kernel refuses these too.
+        assert!(matches!(ifname("a/b"), Err(TapError::BadName { .. })));
+        assert!(matches!(ifname(".."), Err(TapError::BadName { .. })));
     }
 
     #[test]

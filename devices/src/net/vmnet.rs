@@ -19,6 +19,17 @@
 //! `HOST_TSO4/6`/`GUEST_TSO4/6`. vmnet cannot change offloads on a running interface, so a guest
 //! that declines offloads the interface was started with fails activation with a clear error.
 //!
+//! Sizes follow the mode ([`vmnet::limits::FrameLimits`]): in virtio-header mode every packet
+//! may be the maximum packet size plus the 12-byte header (Apple's documentation does not say
+//! whether `vmnet_max_packet_size_key` counts the header, so the limit holds under either
+//! reading), with TSO a whole 64 KiB GSO frame; receive buffers get the same capacity. A TX frame
+//! above the limit is dropped, counted ([`VmnetBackend::dropped_oversize`]) and logged at warn,
+//! rate-limited; when vmnet refuses a batch as too big (`VMNET_PACKET_TOO_BIG`), its packets are
+//! written one by one and only those vmnet refuses are dropped, counted
+//! ([`VmnetBackend::refused_too_big`]) and logged the same way. Every `vmnet_read` and
+//! `vmnet_write` stays within Apple's per-call limits (200 packets, 256 KiB), which the `vmnet`
+//! crate enforces by splitting a batch into several calls.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use devices::net::{Backend, vmnet::VmnetBackend};
@@ -34,10 +45,13 @@ use std::time::Duration;
 
 use vmnet::batch::{Batch, batch_len};
 use vmnet::iov::iovec_from;
+use vmnet::limits::FrameLimits;
 use vmnet::{Interface, Options, Status};
 
 use super::{Backend, BackendInfo, Offloads, RxFrame, TxFrame};
 use crate::event::Notifier;
+use crate::ratelimit::RateLimit;
+use crate::warn_limited;
 
 fn to_io(e: vmnet::Error) -> io::Error {
     let kind = match e.status() {
@@ -69,7 +83,12 @@ pub struct VmnetBackend {
     tx: Batch,
     /// For each packet of `tx`, the index of its frame.
     tx_frames: Vec<usize>,
+    /// One packet of `tx` at a time, after vmnet refused a batch as too big.
+    single: Batch,
+    limits: FrameLimits,
     dropped_oversize: u64,
+    refused_too_big: u64,
+    log: RateLimit,
 }
 
 impl VmnetBackend {
@@ -99,6 +118,13 @@ impl VmnetBackend {
     /// # Ok(()) }
     /// ```
     pub fn from_interface(iface: Interface) -> io::Result<Self> {
+        if iface.limits().header_len() != 0 {
+            // The offloads it was started with are not known here.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "an interface in virtio-header mode needs VmnetBackend::start",
+            ));
+        }
         Self::with_offloads(iface, None)
     }
 
@@ -117,12 +143,15 @@ impl VmnetBackend {
         // Packets may already be pending, and no event will repeat them.
         notifier.notify()?;
         let p = iface.params();
+        let limits = iface.limits();
         let info = BackendInfo {
             vnet_hdr: offloads.is_some(),
             offloads: offloads.unwrap_or(Offloads::NONE),
             mtu: u16::try_from(p.mtu).ok(),
             mac: p.mac,
-            max_frame_len: p.max_packet_size,
+            // The device gives every RX frame room for this plus the virtio-net header, which is
+            // the read capacity vmnet needs (`FrameLimits::read_capacity`).
+            max_frame_len: limits.max_frame(),
             rx_batch: p.read_batch(),
             tx_batch: p.write_batch(),
         };
@@ -134,7 +163,11 @@ impl VmnetBackend {
             rx: Batch::with_capacity(rb, rb * 2),
             tx: Batch::with_capacity(wb, wb * 4),
             tx_frames: Vec::with_capacity(wb),
+            single: Batch::with_capacity(1, 8),
+            limits,
             dropped_oversize: 0,
+            refused_too_big: 0,
+            log: RateLimit::guest_errors(),
         })
     }
 
@@ -147,7 +180,9 @@ impl VmnetBackend {
         &self.iface
     }
 
-    /// Frames dropped on send because they exceeded vmnet's maximum packet size.
+    /// Frames dropped on send because they exceeded the interface's packet limit
+    /// ([`FrameLimits::max_packet`]: the maximum packet size, plus the header in virtio-header
+    /// mode, or a GSO frame with TSO).
     ///
     /// ```no_run
     /// # fn f(b: &devices::net::vmnet::VmnetBackend) { assert_eq!(b.dropped_oversize(), 0); }
@@ -156,20 +191,69 @@ impl VmnetBackend {
         self.dropped_oversize
     }
 
+    /// TX frames vmnet refused with `VMNET_PACKET_TOO_BIG` (they were dropped; the other frames
+    /// of their batch were sent one by one).
+    ///
+    /// ```no_run
+    /// # fn f(b: &devices::net::vmnet::VmnetBackend) { assert_eq!(b.refused_too_big(), 0); }
+    /// ```
+    pub fn refused_too_big(&self) -> u64 {
+        self.refused_too_big
+    }
+
+    /// After vmnet refused the TX batch with `VMNET_PACKET_TOO_BIG` (Apple's documentation:
+    /// "packet size exceeding the maximum transmission unit"): writes its packets one per call,
+    /// so that only the packets vmnet refuses are dropped (counted and logged at warn,
+    /// rate-limited). Returns what [`Backend::send`] returns for `frames_len` frames.
+    ///
+    /// Assumes a refused `vmnet_write` wrote nothing (not documented either way).
+    fn send_singly(&mut self, frames_len: usize) -> io::Result<usize> {
+        for k in 0..self.tx.len() {
+            self.single.clear();
+            self.single.push(self.tx.packet_iovs(k).iter().copied(), 0);
+            // SAFETY: the iovecs are those of `self.tx`, which describe the guest buffers of the
+            // frames `send` was given: valid for `'m`, only read by vmnet, not written meanwhile.
+            match unsafe { self.iface.write_iovecs(&mut self.single) } {
+                Ok(1) => {}
+                // The host's queue is full (or took nothing): the rest is dropped like a full ring.
+                Ok(_) => return Ok(self.tx_frames[k]),
+                Err(e) if e.status() == Some(Status::BufferExhausted) => {
+                    return Ok(self.tx_frames[k]);
+                }
+                Err(e) if e.status() == Some(Status::PacketTooBig) => {
+                    self.refused_too_big += 1;
+                    warn_limited!(
+                        self.log,
+                        len = self.tx.packet_len(k),
+                        max = self.limits.max_packet(),
+                        refused = self.refused_too_big,
+                        "vmnet: the interface refused a TX frame as too big; dropping it"
+                    );
+                }
+                Err(e) if k == 0 => return Err(to_io(e)),
+                // Report what went before the failure rather than losing it.
+                Err(_) => return Ok(self.tx_frames[k]),
+            }
+        }
+        Ok(frames_len)
+    }
+
     /// Lays out `frames` into the RX batch; returns how many frames it holds.
     fn fill_rx(&mut self, frames: &[RxFrame<'_, '_>]) -> io::Result<usize> {
-        let max = self.info.max_frame_len;
+        let max = self.limits.read_capacity();
         self.rx.clear();
         for (i, f) in frames.iter().enumerate() {
             let room: usize = f.bufs.iter().map(|s| s.len()).sum();
             if room < max {
-                // vmnet needs room for a whole maximum-size packet in every buffer.
+                // vmnet needs room for a whole maximum-size packet in every buffer
+                // (`vmnet_read`: "at least as large as" the maximum packet size; plus the
+                // header in virtio-header mode).
                 if i == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         format!(
-                            "guest RX buffer of {room} bytes is smaller than vmnet's maximum \
-                             packet size {max}"
+                            "guest RX buffer of {room} bytes is smaller than the {max} bytes \
+                             a vmnet packet may need"
                         ),
                     ));
                 }
@@ -180,7 +264,8 @@ impl VmnetBackend {
                 .bufs
                 .iter()
                 .map(|s| iovec_from(s.ptr_guard_mut().as_ptr(), s.len()));
-            self.rx.push(iovs, 0);
+            // Exactly the capacity vmnet may fill: a call's byte count stays what it needs.
+            self.rx.push_capped(iovs, 0, max);
         }
         Ok(frames.len())
     }
@@ -224,13 +309,18 @@ impl Backend for VmnetBackend {
     }
 
     fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
-        let max = self.info.max_frame_len;
         self.tx.clear();
         self.tx_frames.clear();
         for (i, f) in frames.iter().enumerate() {
-            if f.len() > max {
+            if !self.limits.allows_write(f.len()) {
                 self.dropped_oversize += 1;
-                tracing::debug!(len = f.len(), max, "vmnet: dropping an oversized TX frame");
+                warn_limited!(
+                    self.log,
+                    len = f.len(),
+                    max = self.limits.max_packet(),
+                    dropped = self.dropped_oversize,
+                    "vmnet: dropping a TX frame larger than the interface takes"
+                );
                 continue;
             }
             let iovs = f
@@ -250,6 +340,11 @@ impl Backend for VmnetBackend {
             Ok(n) => n,
             // The host's queue is full: like a full NIC ring, the device drops the frames.
             Err(e) if e.status() == Some(Status::BufferExhausted) => 0,
+            // vmnet's own size limit is below ours (it counts the header in the maximum packet
+            // size after all, or refuses a TSO frame): find the packets it refuses.
+            Err(e) if e.status() == Some(Status::PacketTooBig) => {
+                return self.send_singly(frames.len());
+            }
             Err(e) => return Err(to_io(e)),
         };
         // Frames before the first unwritten packet were sent or dropped on purpose.

@@ -1,5 +1,6 @@
 //! What the TAP integration tests share: a small LAN of network namespaces around a TAP device,
-//! and the ARP and ICMP frames a simulated guest exchanges with the peer on it.
+//! and the ARP and ICMP frames a simulated guest exchanges with the peer on it (built with the
+//! `examples` package's `echo` module).
 //!
 //! The LAN: a "lan" namespace holding the TAP device and a bridge, and a "peer" namespace whose
 //! veth end (bridged in the lan namespace) has [`PEER_IP`]/24. The guest is [`GUEST_IP`] with
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use devices::net::tap::Tap;
 use devices::testing::DriverSim;
+use examples::echo;
 
 pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
 pub const GUEST_IP: [u8; 4] = [10, 77, 0, 2];
@@ -105,29 +107,10 @@ impl Lan {
     }
 }
 
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(w);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The guest's ARP request for [`PEER_IP`].
+/// The guest's ARP request for [`PEER_IP`], padded to the 60-byte Ethernet minimum as a NIC
+/// pads it.
 pub fn arp_request() -> Vec<u8> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&[0xff; 6]);
-    f.extend_from_slice(&MAC);
-    f.extend_from_slice(&[0x08, 0x06]);
-    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&MAC);
-    f.extend_from_slice(&GUEST_IP);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&PEER_IP);
+    let mut f = echo::arp_request(MAC, GUEST_IP.into(), PEER_IP.into());
     f.resize(60, 0);
     f
 }
@@ -144,27 +127,15 @@ pub fn is_echo_reply(f: &[u8]) -> bool {
 
 /// The guest's ICMP echo request to the peer.
 pub fn echo_request(peer_mac: [u8; 6], id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0];
-    icmp.extend_from_slice(&id.to_be_bytes());
-    icmp.extend_from_slice(&seq.to_be_bytes());
-    icmp.extend_from_slice(payload);
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let total = (20 + icmp.len()) as u16;
-    let mut iph = vec![0x45, 0];
-    iph.extend_from_slice(&total.to_be_bytes());
-    iph.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 1, 0, 0]);
-    iph.extend_from_slice(&GUEST_IP);
-    iph.extend_from_slice(&PEER_IP);
-    let c = checksum(&iph);
-    iph[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&peer_mac);
-    f.extend_from_slice(&MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&iph);
-    f.extend_from_slice(&icmp);
-    f
+    echo::echo_request(
+        MAC,
+        peer_mac,
+        GUEST_IP.into(),
+        PEER_IP.into(),
+        id,
+        seq,
+        payload,
+    )
 }
 
 /// Waits for a received frame that `want` accepts, skipping others (IPv6 noise and the like).

@@ -61,6 +61,7 @@ use super::hvf_logic::{
     VcpuTimer, VmClock, VtimerMask,
 };
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
+use crate::arch::aarch64::cold;
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::{PSTATE_EL1H_DAIF, layout};
 
@@ -109,6 +110,46 @@ const GP_REGS: [Reg; 31] = [
     Reg::X29,
     Reg::X30,
 ];
+
+/// The framework's names of the registers of [`cold::COLD_EL1`], in the same order; the
+/// assertion below checks at compile time that each `hv_sys_reg_t` value is the encoding the
+/// portable table names.
+const COLD_EL1_REGS: [SysReg; 26] = [
+    SysReg::SCTLR_EL1,
+    SysReg::CPACR_EL1,
+    SysReg::TTBR0_EL1,
+    SysReg::TTBR1_EL1,
+    SysReg::TCR_EL1,
+    SysReg::SPSR_EL1,
+    SysReg::ELR_EL1,
+    SysReg::SP_EL0,
+    SysReg::AFSR0_EL1,
+    SysReg::AFSR1_EL1,
+    SysReg::ESR_EL1,
+    SysReg::FAR_EL1,
+    SysReg::PAR_EL1,
+    SysReg::MAIR_EL1,
+    SysReg::AMAIR_EL1,
+    SysReg::VBAR_EL1,
+    SysReg::CONTEXTIDR_EL1,
+    SysReg::TPIDR_EL1,
+    SysReg::CNTKCTL_EL1,
+    SysReg::CSSELR_EL1,
+    SysReg::TPIDR_EL0,
+    SysReg::TPIDRRO_EL0,
+    SysReg::CNTV_CTL_EL0,
+    SysReg::CNTV_CVAL_EL0,
+    SysReg::SP_EL1,
+    SysReg::MDSCR_EL1,
+];
+const _: () = {
+    assert!(COLD_EL1_REGS.len() == cold::COLD_EL1.len());
+    let mut i = 0;
+    while i < COLD_EL1_REGS.len() {
+        assert!(COLD_EL1_REGS[i] as u16 == cold::COLD_EL1[i].1.0);
+        i += 1;
+    }
+};
 
 /// What went wrong setting up Hypervisor.framework, with what the user can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -832,9 +873,43 @@ impl Vcpu for HvfVcpu {
     }
 
     fn set_x0(&mut self, value: u64) -> Result<()> {
-        self.vcpu
-            .set_reg(Reg::X0, value)
-            .map_err(framework("writing x0 (hv_vcpu_set_reg)"))
+        let set = |reg, value| {
+            self.vcpu
+                .set_reg(reg, value)
+                .map_err(framework("writing x0-x3 (hv_vcpu_set_reg)"))
+        };
+        set(Reg::X0, value)?;
+        set(Reg::X1, 0)?;
+        set(Reg::X2, 0)?;
+        set(Reg::X3, 0)
+    }
+
+    /// The framework has no reset call (`hv_vcpu.h` offers only `hv_vcpu_create`/`destroy`, and
+    /// a vCPU is bound to its thread and to the GIC topology fixed once vCPUs ran), so the cold
+    /// state is written: `x0`-`x30` zero, then [`cold::COLD_EL1`] with `hv_vcpu_set_sys_reg`,
+    /// and `SCTLR_EL1` read back and checked.
+    fn reset(&mut self) -> Result<()> {
+        for reg in GP_REGS {
+            self.vcpu.set_reg(reg, 0).map_err(framework(
+                "zeroing a general-purpose register (hv_vcpu_set_reg)",
+            ))?;
+        }
+        for (reg, (_, _, value)) in COLD_EL1_REGS.iter().zip(cold::COLD_EL1) {
+            self.vcpu.set_sys_reg(*reg, *value).map_err(framework(
+                "writing a cold EL1 system register (hv_vcpu_set_sys_reg)",
+            ))?;
+        }
+        let sctlr = self
+            .vcpu
+            .get_sys_reg(SysReg::SCTLR_EL1)
+            .map_err(framework("reading SCTLR_EL1 (hv_vcpu_get_sys_reg)"))?;
+        if cold::sctlr_not_cold(sctlr) {
+            return Err(HvError::Unhandled(format!(
+                "vCPU {} still has SCTLR_EL1 = {sctlr:#x} (MMU or caches on) after its reset",
+                self.index
+            )));
+        }
+        Ok(())
     }
 
     fn set_boot_registers(&mut self, entry: u64, x0: u64) -> Result<()> {

@@ -1,10 +1,16 @@
 //! KVM on arm64 Linux.
 //!
 //! One VM with the guest RAM in memory slots, vCPUs initialized with the host's preferred
-//! target and in-kernel PSCI 0.2 (secondaries start powered off and come up through CPU_ON
-//! inside the kernel), the in-kernel vGICv3 at the device-tree addresses, irqfd for device
+//! target and PSCI 0.2, the in-kernel vGICv3 at the device-tree addresses, irqfd for device
 //! interrupts and ioeventfd for queue notifications. Facts from the kernel's
-//! `Documentation/virt/kvm/api.rst` and `devices/arm-vgic-v3.rst`.
+//! `Documentation/virt/kvm/api.rst`, `devices/vm.rst` and `devices/arm-vgic-v3.rst`.
+//!
+//! PSCI: where the kernel has the SMCCC filter (`KVM_ARM_VM_SMCCC_CTRL` /
+//! `KVM_ARM_VM_SMCCC_FILTER`, Linux 6.4+), the PSCI function ranges are forwarded to the VMM
+//! (`KVM_SMCCC_FILTER_FWD_TO_USER`) and answered by the same
+//! [`crate::arch::aarch64::psci`] module Hypervisor.framework uses: every vCPU starts parked in
+//! the VMM and comes up through the VMM's CPU_ON, reset with `KVM_ARM_VCPU_INIT` first. On older
+//! kernels KVM's own PSCI answers (secondaries start powered off inside the kernel).
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -17,12 +23,14 @@ use devices::event::Notifier;
 use devices::irq::IrqLine;
 use devices::virtio::GuestMemory;
 use kvm_bindings::{
-    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
-    KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
-    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, KVM_VGIC_V3_ADDR_TYPE_DIST,
-    KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
-    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_run, kvm_userspace_memory_region, kvm_vcpu_init,
+    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_HYPERCALL_EXIT_SMC, KVM_REG_ARM_CORE, KVM_REG_ARM64,
+    KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_run, kvm_smccc_filter,
+    kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER, kvm_userspace_memory_region,
+    kvm_vcpu_init,
 };
 use kvm_ioctls::{Cap, DeviceFd, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -30,7 +38,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
-use crate::arch::aarch64::{PSTATE_EL1H_DAIF, layout};
+use crate::arch::aarch64::{PSTATE_EL1H_DAIF, cold, layout};
 
 /// The number of interrupts the vGIC is configured with: 32 private + 96 SPIs (a multiple of 32).
 const GIC_NR_IRQS: u32 = 128;
@@ -41,10 +49,19 @@ const fn core_reg(offset_bytes: u64) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset_bytes / 4)
 }
 const REG_X0: u64 = core_reg(0);
+/// `x1`..`x3`: the other SMCCC argument and result registers.
+const REG_X1_X3: [u64; 3] = [core_reg(8), core_reg(16), core_reg(24)];
 const REG_PC: u64 = core_reg(256);
 const REG_PSTATE: u64 = core_reg(264);
 /// `MPIDR_EL1` as a system register ID: op0 3, op1 0, CRn 0, CRm 0, op2 5.
 const REG_MPIDR_EL1: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | 0x0013_0000 | (3 << 14) | 5;
+
+/// The PSCI function IDs forwarded to the VMM when the kernel has the SMCCC filter: the PSCI
+/// range of the standard secure service calls, 0x00-0x1f, in the SMC32 and the SMC64
+/// convention (Arm DEN 0028, SMC Calling Convention, "Standard Secure Service Calls"; Arm
+/// DEN 0022, PSCI, section 5.1). SMCCC_VERSION and the other Arm architecture calls stay with
+/// KVM, which reserves them (vm.rst: 0x8000_0000-0x8000_ffff and 0xc000_0000-0xc000_ffff).
+const PSCI_RANGES: [(u32, u32); 2] = [(0x8400_0000, 0x20), (0xc400_0000, 0x20)];
 
 thread_local! {
     /// The `kvm_run` of the vCPU this thread runs (null when none), for [`kick_handler`].
@@ -77,6 +94,11 @@ struct Shared {
     threads: Mutex<Vec<(usize, libc::pthread_t)>>,
     /// Eventfds registered with KVM (dups of our notifiers' descriptors), kept alive.
     eventfds: Mutex<Vec<EventFd>>,
+    /// The `KVM_ARM_VCPU_INIT` argument every vCPU got (without `KVM_ARM_VCPU_POWER_OFF`),
+    /// repeated to reset a vCPU.
+    init: kvm_vcpu_init,
+    /// PSCI calls come to the VMM (the kernel took the SMCCC filter).
+    vmm_psci: bool,
     /// The guest memory the VM's slots point at: kept as long as the VM or any vCPU exists
     /// (vCPUs hold this `Shared`), and dropped after `vm` (fields drop in order).
     _mem: GuestMemory,
@@ -113,6 +135,37 @@ fn open_kvm() -> Result<Kvm> {
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> HvError {
     move |e| HvError::call(what, std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Asks KVM to forward the guest's PSCI calls to the VMM as `KVM_EXIT_HYPERCALL`. Returns
+/// `false` when the kernel has no SMCCC filter (before Linux 6.4): KVM's own PSCI then answers.
+fn forward_psci_to_vmm(vm: &VmFd) -> Result<bool> {
+    let probe = kvm_device_attr {
+        flags: 0,
+        group: KVM_ARM_VM_SMCCC_CTRL,
+        attr: u64::from(KVM_ARM_VM_SMCCC_FILTER),
+        addr: 0,
+    };
+    if vm.has_device_attr(&probe).is_err() {
+        return Ok(false);
+    }
+    for (base, nr_functions) in PSCI_RANGES {
+        let filter = kvm_smccc_filter {
+            base,
+            nr_functions,
+            action: kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER as u8,
+            pad: [0; 15],
+        };
+        let attr = kvm_device_attr {
+            addr: &raw const filter as u64,
+            ..probe
+        };
+        // vm.rst: the filter must be set before any vCPU has run (EBUSY otherwise); no vCPU
+        // exists yet.
+        vm.set_device_attr(&attr)
+            .map_err(kvm_err("KVM_ARM_VM_SMCCC_FILTER (forward PSCI to the VMM)"))?;
+    }
+    Ok(true)
 }
 
 fn set_attr(dev: &DeviceFd, group: u32, attr: u64, addr: u64, what: &'static str) -> Result<()> {
@@ -172,6 +225,17 @@ impl KvmVm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        let vmm_psci = forward_psci_to_vmm(&vm)?;
+        if vmm_psci {
+            tracing::info!(
+                "PSCI: served by the VMM (KVM forwards the PSCI calls through its SMCCC filter)"
+            );
+        } else {
+            tracing::info!(
+                "PSCI: served by KVM (this kernel has no SMCCC filter, which came with Linux 6.4)"
+            );
+        }
+
         let mut init = kvm_vcpu_init::default();
         vm.get_preferred_target(&mut init)
             .map_err(kvm_err("KVM_ARM_PREFERRED_TARGET"))?;
@@ -183,7 +247,9 @@ impl KvmVm {
                 .create_vcpu(i as u64)
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let mut vi = init;
-            if i > 0 {
+            // With KVM's PSCI the secondaries wait powered off inside the kernel; with the
+            // VMM's, they wait parked in the VMM and never enter KVM_RUN before their CPU_ON.
+            if i > 0 && !vmm_psci {
                 vi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
             }
             fd.vcpu_init(&vi).map_err(kvm_err("KVM_ARM_VCPU_INIT"))?;
@@ -249,6 +315,8 @@ impl KvmVm {
                 stopping: AtomicBool::new(false),
                 threads: Mutex::new(Vec::new()),
                 eventfds: Mutex::new(Vec::new()),
+                init,
+                vmm_psci,
                 _mem: mem.clone(),
             }),
             _gic: gic,
@@ -279,7 +347,7 @@ impl Vm for KvmVm {
     type Vcpu = KvmVcpu;
 
     fn handles_psci(&self) -> bool {
-        true
+        !self.shared.vmm_psci
     }
 
     fn mpidrs(&self) -> Vec<u64> {
@@ -405,6 +473,29 @@ impl Vcpu for KvmVcpu {
                     VcpuExit::Continue
                 }
             }),
+            // A PSCI call the SMCCC filter forwarded. api.rst (KVM_EXIT_HYPERCALL, arm64): `nr`
+            // is the function ID, the arguments are read from the vCPU's registers, the
+            // `KVM_HYPERCALL_EXIT_SMC` flag tells SMC from HVC, and "at the point of exit, PC
+            // points to the instruction immediately following the trapping instruction". Both
+            // conduits are answered, as KVM's own PSCI does.
+            Ok(kvm_ioctls::VcpuExit::Hypercall(h)) => {
+                let (nr, flags) = (h.nr, h.longmode);
+                let mut args = [0u64; 3];
+                for (arg, reg) in args.iter_mut().zip(REG_X1_X3) {
+                    let mut b = [0u8; 8];
+                    self.fd
+                        .get_one_reg(reg, &mut b)
+                        .map_err(kvm_err("read a hypercall argument"))?;
+                    *arg = u64::from_le_bytes(b);
+                }
+                tracing::trace!(
+                    vcpu = self.index,
+                    function = format_args!("{nr:#x}"),
+                    smc = flags & KVM_HYPERCALL_EXIT_SMC != 0,
+                    "hypercall forwarded by KVM"
+                );
+                Ok(VcpuExit::Hypercall { x0: nr, args })
+            }
             Ok(kvm_ioctls::VcpuExit::Hlt) | Ok(kvm_ioctls::VcpuExit::Intr) => {
                 Ok(VcpuExit::Continue)
             }
@@ -433,8 +524,46 @@ impl Vcpu for KvmVcpu {
     fn set_x0(&mut self, value: u64) -> Result<()> {
         self.fd
             .set_one_reg(REG_X0, &value.to_le_bytes())
-            .map(|_| ())
-            .map_err(kvm_err("set x0"))
+            .map_err(kvm_err("set x0"))?;
+        for reg in REG_X1_X3 {
+            self.fd
+                .set_one_reg(reg, &0u64.to_le_bytes())
+                .map_err(kvm_err("set x1-x3"))?;
+        }
+        Ok(())
+    }
+
+    /// A second `KVM_ARM_VCPU_INIT` with the same target and features: api.rst, 4.82
+    /// KVM_ARM_VCPU_INIT, "Userspace can call this function multiple times for a given vcpu,
+    /// including after the vcpu has been run. This will reset the vcpu to its initial state."
+    /// `SCTLR_EL1` is read before and after, logged, and checked: a vCPU whose MMU or caches
+    /// are still on is not started.
+    fn reset(&mut self) -> Result<()> {
+        let sctlr = |fd: &VcpuFd| -> Result<u64> {
+            let mut b = [0u8; 8];
+            fd.get_one_reg(cold::SCTLR_EL1.kvm_reg_id(), &mut b)
+                .map_err(kvm_err("read SCTLR_EL1"))?;
+            Ok(u64::from_le_bytes(b))
+        };
+        let before = sctlr(&self.fd)?;
+        self.fd
+            .vcpu_init(&self.shared.init)
+            .map_err(kvm_err("KVM_ARM_VCPU_INIT (vCPU reset)"))?;
+        let after = sctlr(&self.fd)?;
+        tracing::info!(
+            vcpu = self.index,
+            sctlr_before = format_args!("{before:#x}"),
+            sctlr_after = format_args!("{after:#x}"),
+            "vCPU reset to its cold state (KVM_ARM_VCPU_INIT)"
+        );
+        if cold::sctlr_not_cold(after) {
+            return Err(HvError::Unhandled(format!(
+                "vCPU {} still has SCTLR_EL1 = {after:#x} (MMU or caches on) after \
+                 KVM_ARM_VCPU_INIT",
+                self.index
+            )));
+        }
+        Ok(())
     }
 
     fn set_boot_registers(&mut self, entry: u64, x0: u64) -> Result<()> {

@@ -24,8 +24,8 @@ pub enum VcpuExit {
     /// Nothing for the loop to do (an MMIO access was completed, a WFI woke up, ...).
     Continue,
     /// An HVC or SMC call for the VMM's PSCI/SMCCC handler: function ID in `x0`, arguments in
-    /// `x1`-`x3`. The backend has already moved the PC past an SMC; write the result with
-    /// [`Vcpu::set_x0`].
+    /// `x1`-`x3`. The backend has already moved the PC past the HVC or SMC; write the result
+    /// with [`Vcpu::set_x0`].
     Hypercall {
         /// Function ID.
         x0: u64,
@@ -107,8 +107,15 @@ pub trait Vcpu {
     /// Runs the guest until something the loop must see; MMIO is completed inside.
     fn run(&mut self, bus: &MmioBus) -> Result<VcpuExit>;
 
-    /// Writes the result of a hypercall.
+    /// Writes the result of a hypercall to `x0`, and zero to `x1`..`x3` (the other SMCCC
+    /// result registers, as KVM's own PSCI leaves them).
     fn set_x0(&mut self, value: u64) -> Result<()>;
+
+    /// Returns the vCPU to the state of a vCPU that never ran: EL1 system registers at their
+    /// cold values ([`crate::arch::aarch64::cold`]), MMU and caches off, general-purpose
+    /// registers zero. Called before [`Vcpu::set_boot_registers`] whenever the VMM's PSCI starts
+    /// a vCPU, since one the guest turned off (`CPU_OFF`) still holds the guest's state.
+    fn reset(&mut self) -> Result<()>;
 
     /// Sets the registers a vCPU starts with: PC, `x0`, EL1h with interrupts masked.
     fn set_boot_registers(&mut self, entry: u64, x0: u64) -> Result<()>;
@@ -172,6 +179,9 @@ impl Vcpu for Unsupported {
         match *self {}
     }
     fn set_x0(&mut self, _: u64) -> Result<()> {
+        match *self {}
+    }
+    fn reset(&mut self) -> Result<()> {
         match *self {}
     }
     fn set_boot_registers(&mut self, _: u64, _: u64) -> Result<()> {

@@ -8,12 +8,14 @@
 //! - [`placement`]: where the kernel, initrd and device tree go in guest RAM.
 //! - [`fdt`]: the flattened device tree handed to the kernel in `x0`.
 //! - [`psci`]: the PSCI 1.0 / SMCCC firmware interface the guest calls with `hvc`.
+//! - [`cold`]: the EL1 state of a vCPU that never ran, for PSCI `CPU_ON` after `CPU_OFF`.
 //! - [`esr`]: decoding `ESR_EL2` exception syndromes (Hypervisor.framework exits).
 //!
 //! The boot protocol these follow is Linux's `Documentation/arch/arm64/booting.rst`: the
 //! primary vCPU starts at the kernel load address with `x0` = device tree address and
 //! `x1`..`x3` = 0, MMU off, in EL1h with all of DAIF masked.
 
+pub mod cold;
 pub mod esr;
 pub mod fdt;
 pub mod image;

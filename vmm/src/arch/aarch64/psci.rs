@@ -13,6 +13,7 @@
 //! [`Psci::handle`] never blocks on the guest and never panics: what the guest passes is
 //! untrusted. It returns the value for `x0` and what the VMM must do ([`PsciAction`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::layout::MPIDR_AFFINITY_MASK;
@@ -142,12 +143,27 @@ impl PsciOutcome {
     }
 }
 
+/// How many calls [`Psci::handle`] answered, for the log at the end of a run (and the
+/// end-to-end test, which checks that the VMM's PSCI served the guest's CPU hotplug).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PsciServed {
+    /// Every call, of any function.
+    pub calls: u64,
+    /// `CPU_ON` calls that started a vCPU.
+    pub cpu_on: u64,
+    /// `CPU_OFF` calls that stopped one.
+    pub cpu_off: u64,
+}
+
 /// The VMM's PSCI implementation: per-vCPU power state and the call dispatcher.
 #[derive(Debug)]
 pub struct Psci {
     /// MPIDR affinity of each vCPU, by index.
     mpidrs: Vec<u64>,
     states: Mutex<Vec<PowerState>>,
+    calls: AtomicU64,
+    cpu_on: AtomicU64,
+    cpu_off: AtomicU64,
 }
 
 impl Psci {
@@ -161,6 +177,18 @@ impl Psci {
                 .map(|m| m & MPIDR_AFFINITY_MASK)
                 .collect(),
             states: Mutex::new(states),
+            calls: AtomicU64::new(0),
+            cpu_on: AtomicU64::new(0),
+            cpu_off: AtomicU64::new(0),
+        }
+    }
+
+    /// The calls answered so far.
+    pub fn served(&self) -> PsciServed {
+        PsciServed {
+            calls: self.calls.load(Ordering::Relaxed),
+            cpu_on: self.cpu_on.load(Ordering::Relaxed),
+            cpu_off: self.cpu_off.load(Ordering::Relaxed),
         }
     }
 
@@ -222,6 +250,17 @@ impl Psci {
     ///
     /// Unknown function IDs return `NOT_SUPPORTED` (-1). Never panics, whatever the values.
     pub fn handle(&self, caller: usize, x0: u64, args: [u64; 3]) -> PsciOutcome {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.dispatch(caller, x0, args);
+        match outcome.action {
+            Some(PsciAction::StartCpu { .. }) => self.cpu_on.fetch_add(1, Ordering::Relaxed),
+            Some(PsciAction::CpuOff) => self.cpu_off.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        outcome
+    }
+
+    fn dispatch(&self, caller: usize, x0: u64, args: [u64; 3]) -> PsciOutcome {
         // SMCCC: the function ID is W0; SMC32 arguments are the low halves of X1..X3.
         let function = x0 as u32;
         let args = if function & SMC64_BIT == 0 {
@@ -584,6 +623,25 @@ mod tests {
         for f in [CPU_ON_64, CPU_OFF, AFFINITY_INFO_64, PSCI_VERSION] {
             let _ = p.handle(0, f as u64, [0; 3]);
         }
+    }
+
+    #[test]
+    fn served_counts_calls_and_the_cpu_on_and_off_that_took() {
+        let p = psci(2);
+        p.handle(0, PSCI_VERSION as u64, [0; 3]);
+        p.handle(0, CPU_ON_64 as u64, [1, 0x4000_0000, 0]);
+        // Refused: already pending.
+        p.handle(0, CPU_ON_64 as u64, [1, 0x4000_0000, 0]);
+        p.cpu_started(1);
+        p.handle(1, CPU_OFF as u64, [0; 3]);
+        assert_eq!(
+            p.served(),
+            PsciServed {
+                calls: 4,
+                cpu_on: 1,
+                cpu_off: 1
+            }
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! binding: raw frames in, raw frames out, in batches.
 //!
 //! ```text
-//! sudo cargo run -p vmnet --example vmnet_echo -- [shared|host] [IP] [SECONDS]
+//! sudo cargo run -p examples --example vmnet_echo -- [shared|host] [IP] [SECONDS]
 //! ping <IP>        # from the host, in another terminal
 //! ```
 //!
@@ -11,9 +11,10 @@
 
 #[cfg(target_os = "macos")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use devices::virtio::net::format_mac;
+    use examples::echo::Responder;
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
-    use vmnet::echo::Responder;
     use vmnet::{Interface, Options};
 
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let responder = Responder::new(mac, ip);
     println!(
         "answering ARP and ping for {ip} ({}) for {seconds} s; host side {:?}, MTU {}",
-        vmnet::params::format_mac(&mac),
+        format_mac(&mac),
         p.start_address,
         p.mtu
     );

@@ -1,13 +1,16 @@
-//! A tiny ARP and ICMP echo responder over raw Ethernet frames (portable: built and tested on
-//! every host).
+//! A tiny ARP and ICMP echo responder over raw Ethernet frames, with the builders of the requests
+//! it answers and the Internet checksum they need.
 //!
-//! This is what the `vmnet_echo` example runs on a vmnet interface, the way a MirageOS-style
-//! unikernel would use the binding: frames in, frames out, no host stack in between. It answers
-//! ARP requests for its address and ICMP echo requests sent to it, and ignores everything else.
+//! The `vmnet_echo` and `vmnet_async` examples run it on a vmnet interface, the way a
+//! MirageOS-style unikernel uses the binding: frames in, frames out, no host stack in between.
+//! `embed_net_device` runs it as the network behind the virtio-net device. The workspace's tests
+//! build their frames with it too (the TAP tests of `devices`, the Mac tests of `vmnet`). It
+//! answers ARP requests for its address and ICMP echo requests sent to it, and ignores everything
+//! else.
 //!
 //! ```
 //! use std::net::Ipv4Addr;
-//! use vmnet::echo::{Responder, arp_request};
+//! use examples::echo::{Responder, arp_request};
 //!
 //! let me = Responder::new([2, 0, 0, 0, 0, 1], Ipv4Addr::new(192, 168, 105, 2));
 //! let req = arp_request([2, 0, 0, 0, 0, 9], Ipv4Addr::new(192, 168, 105, 1), me.ip());
@@ -38,9 +41,9 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 /// ```
 /// // A header whose checksum field holds the right value sums to zero.
 /// let mut hdr = [0x45, 0, 0, 0x54, 0, 0, 0x40, 0, 0x40, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
-/// let c = vmnet::echo::checksum(&hdr);
+/// let c = examples::echo::checksum(&hdr);
 /// hdr[10..12].copy_from_slice(&c.to_be_bytes());
-/// assert_eq!(vmnet::echo::checksum(&hdr), 0);
+/// assert_eq!(examples::echo::checksum(&hdr), 0);
 /// ```
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -61,7 +64,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 ///
 /// ```
 /// # use std::net::Ipv4Addr;
-/// let r = vmnet::echo::Responder::new([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 0, 0, 2));
+/// let r = examples::echo::Responder::new([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 0, 0, 2));
 /// assert_eq!(r.mac(), [2, 0, 0, 0, 0, 1]);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +78,7 @@ impl Responder {
     ///
     /// ```
     /// # use std::net::Ipv4Addr;
-    /// let r = vmnet::echo::Responder::new([2; 6], Ipv4Addr::new(10, 0, 0, 2));
+    /// let r = examples::echo::Responder::new([2; 6], Ipv4Addr::new(10, 0, 0, 2));
     /// assert_eq!(r.ip(), Ipv4Addr::new(10, 0, 0, 2));
     /// ```
     pub const fn new(mac: [u8; 6], ip: Ipv4Addr) -> Self {
@@ -86,7 +89,7 @@ impl Responder {
     ///
     /// ```
     /// # use std::net::Ipv4Addr;
-    /// assert_eq!(vmnet::echo::Responder::new([3; 6], Ipv4Addr::LOCALHOST).mac(), [3; 6]);
+    /// assert_eq!(examples::echo::Responder::new([3; 6], Ipv4Addr::LOCALHOST).mac(), [3; 6]);
     /// ```
     pub const fn mac(&self) -> [u8; 6] {
         self.mac
@@ -96,7 +99,7 @@ impl Responder {
     ///
     /// ```
     /// # use std::net::Ipv4Addr;
-    /// assert_eq!(vmnet::echo::Responder::new([3; 6], Ipv4Addr::LOCALHOST).ip(), Ipv4Addr::LOCALHOST);
+    /// assert_eq!(examples::echo::Responder::new([3; 6], Ipv4Addr::LOCALHOST).ip(), Ipv4Addr::LOCALHOST);
     /// ```
     pub const fn ip(&self) -> Ipv4Addr {
         self.ip
@@ -107,7 +110,7 @@ impl Responder {
     ///
     /// ```
     /// # use std::net::Ipv4Addr;
-    /// let r = vmnet::echo::Responder::new([2; 6], Ipv4Addr::new(10, 0, 0, 2));
+    /// let r = examples::echo::Responder::new([2; 6], Ipv4Addr::new(10, 0, 0, 2));
     /// let mut out = [0u8; 1514];
     /// assert_eq!(r.reply(&[0u8; 10], &mut out), None);
     /// ```
@@ -207,7 +210,7 @@ impl Responder {
 ///
 /// ```
 /// # use std::net::Ipv4Addr;
-/// let f = vmnet::echo::arp_request([2; 6], Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+/// let f = examples::echo::arp_request([2; 6], Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
 /// assert_eq!(f.len(), 42);
 /// assert_eq!(&f[12..14], &[0x08, 0x06]);
 /// ```
@@ -228,7 +231,7 @@ pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
 ///
 /// ```
 /// # use std::net::Ipv4Addr;
-/// let f = vmnet::echo::echo_request(
+/// let f = examples::echo::echo_request(
 ///     [2; 6], [3; 6], Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 7, 1, b"hi");
 /// assert_eq!(f.len(), 14 + 20 + 8 + 2);
 /// ```

@@ -1,47 +1,19 @@
-//! The async API without any runtime: a hand-written `block_on` drives an ARP/ICMP responder
-//! over `AsyncInterface::recv_batch`/`send_batch`. tokio or smol would drive it the same way.
+//! The async API without any runtime: a hand-written `block_on` (`examples::exec`) drives an
+//! ARP/ICMP responder over `AsyncInterface::recv_batch`/`send_batch`. tokio or smol would drive
+//! it the same way.
 //!
 //! ```text
-//! sudo cargo run -p vmnet --example vmnet_async -- [IP] [SECONDS]
+//! sudo cargo run -p examples --example vmnet_async -- [IP] [SECONDS]
 //! ```
 //!
 //! On systems other than macOS it only says that vmnet is macOS-only.
 
 #[cfg(target_os = "macos")]
-mod exec {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    use std::thread::{self, Thread};
-
-    struct ThreadWaker(Thread);
-
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    /// Runs a future to completion on this thread, parking while it is pending.
-    pub fn block_on<F: Future>(fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return v;
-            }
-            thread::park();
-        }
-    }
-}
-
-#[cfg(target_os = "macos")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use examples::echo::Responder;
+    use examples::exec;
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
-    use vmnet::echo::Responder;
     use vmnet::{AsyncInterface, Options};
 
     let args: Vec<String> = std::env::args().skip(1).collect();
