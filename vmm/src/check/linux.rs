@@ -150,6 +150,21 @@ fn kvm(report: &mut Report) {
             return;
         }
     };
+    // vm.rst, KVM_ARM_VM_SMCCC_CTRL (Linux 6.4+): with it the VMM answers PSCI itself.
+    let filter = kvm_bindings::kvm_device_attr {
+        flags: 0,
+        group: kvm_bindings::KVM_ARM_VM_SMCCC_CTRL,
+        attr: u64::from(kvm_bindings::KVM_ARM_VM_SMCCC_FILTER),
+        addr: 0,
+    };
+    report.push(Fact::info(
+        "SMCCC filter",
+        if vm.has_device_attr(&filter).is_ok() {
+            "present: PSCI goes to the VMM's own handler"
+        } else {
+            "absent (Linux before 6.4): KVM answers PSCI itself"
+        },
+    ));
     let mut dev = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
         fd: 0,
