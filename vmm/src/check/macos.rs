@@ -120,18 +120,17 @@ fn system(report: &mut Report) {
     }
     // kern.hv_support: the kernel offers Hypervisor.framework; kern.hv_vmm_present: this macOS
     // itself runs in a virtual machine (a hosted CI runner, for example).
-    match sysctl_int("kern.hv_support") {
-        Some(1) => report.push(Fact::ok("kern.hv_support", "1")),
-        other => report.push(
-            Fact::fail(
-                "kern.hv_support",
-                other.map_or_else(|| "absent".to_owned(), |v| v.to_string()),
-                "this macOS offers no Hypervisor.framework (inside a virtual machine it needs a \
-                 host with nested virtualization)",
-            )
-            .needed(),
-        ),
-    }
+    let hv = sysctl_int("kern.hv_support");
+    report.push(
+        Fact::check(
+            hv == Some(1),
+            "kern.hv_support",
+            hv.map_or_else(|| "absent".to_owned(), |v| v.to_string()),
+            "this macOS offers no Hypervisor.framework (inside a virtual machine it needs a host \
+             with nested virtualization)",
+        )
+        .needed(),
+    );
     if let Some(v) = sysctl_int("kern.hv_vmm_present") {
         report.push(Fact::info(
             "running in a virtual machine",
