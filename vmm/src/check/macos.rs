@@ -265,7 +265,7 @@ fn hypervisor(report: &mut Report) {
     ));
     report.push(
         match hvf::probe_vcpu(&vm) {
-            Ok(base) => match hvf_logic::check_redistributor_base(0, base) {
+            Ok(base) => match hvf_logic::RedistributorFrames::new(1).claim(0, base) {
                 Ok(()) => Fact::ok("vCPU redistributor", format!("{base:#x}")),
                 Err(e) => Fact::fail(
                     "vCPU redistributor",

@@ -18,8 +18,8 @@
 //!   the vCPUs: [`hvf_logic::create_vm_with_gic`]. applevisor's `VirtualMachine::with_gic` takes
 //!   a GIC configuration made before the VM exists, so the GIC calls go through `applevisor-sys`.
 //! - Placement: after each vCPU's `MPIDR_EL1` is set, `hv_gic_get_redistributor_base` must give
-//!   the frame the device tree describes, or the vCPU is refused
-//!   ([`hvf_logic::check_redistributor_base`]); the distributor and the whole redistributor region
+//!   one of the frames the device tree describes, not shared, or the vCPU is refused
+//!   ([`hvf_logic::RedistributorFrames`]); the distributor and the whole redistributor region
 //!   are checked against the device tree and the other devices ([`hvf_logic::check_gic_regions`]).
 //! - The virtual timer: one offset for the whole VM ([`hvf_logic::VmClock`]), taken at VM
 //!   creation and set on every vCPU. With `hv_gic_create` the framework delivers the timer's PPI
@@ -58,7 +58,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::hvf_logic::{
     self, ExceptionAction, Gic, GicIrqLine, GicLimits, GicSetup, GuestRegisters, IrqForwarder,
-    VcpuTimer, VmClock, VtimerMask,
+    RedistributorFrames, VcpuTimer, VmClock, VtimerMask,
 };
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
 use crate::arch::aarch64::cold;
@@ -353,6 +353,8 @@ pub struct HvfVm {
     mapped: Vec<(u64, usize)>,
     /// The virtual counter every vCPU shares.
     clock: VmClock,
+    /// Which vCPU got which redistributor frame.
+    frames: Mutex<RedistributorFrames>,
     vm: VmHandle,
     /// Keeps the mapped host memory alive as long as the VM may use it.
     _mem: GuestMemory,
@@ -406,6 +408,7 @@ impl HvfVm {
             seeds: (0..vcpus).map(|index| HvfVcpuSeed { index }).collect(),
             mapped,
             clock,
+            frames: Mutex::new(RedistributorFrames::new(vcpus)),
             vm,
             _mem: mem.clone(),
         })
@@ -602,12 +605,17 @@ impl Vm for HvfVm {
         let redist = vcpu.get_redistributor_base().map_err(framework(
             "reading the vCPU's GIC redistributor base (hv_gic_get_redistributor_base)",
         ))?;
-        hvf_logic::check_redistributor_base(seed.index, redist).map_err(|e| {
+        lock(&self.frames).claim(seed.index, redist).map_err(|e| {
             HvError::call(
                 "checking the vCPU's GIC redistributor placement",
                 io::Error::other(e),
             )
         })?;
+        tracing::debug!(
+            vcpu = seed.index,
+            redistributor = format_args!("{redist:#x}"),
+            "vCPU created"
+        );
         self.clock.init_vcpu(&Timer(&vcpu))?;
         let kick = Arc::new(
             Notifier::new().map_err(|e| HvError::call("creating a vCPU wake-up notifier", e))?,

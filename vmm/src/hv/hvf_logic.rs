@@ -558,17 +558,32 @@ pub enum GicLayoutError {
         /// The next device.
         limit: u64,
     },
-    /// The framework placed a vCPU's redistributor elsewhere than the device tree says.
+    /// The framework placed a vCPU's redistributor outside the frames the device tree says.
     #[error(
-        "Hypervisor.framework put vCPU {vcpu}'s GIC redistributor at {reported:#x}, but the device tree tells the guest it is at {expected:#x}"
+        "Hypervisor.framework put vCPU {vcpu}'s GIC redistributor at {reported:#x}, but the device tree tells the guest the redistributors are the {stride:#x}-byte frames from {start:#x} to {end:#x}",
+        stride = layout::GIC_REDIST_SIZE_PER_VCPU
     )]
     RedistributorPlacement {
         /// The vCPU.
         vcpu: usize,
         /// `hv_gic_get_redistributor_base`.
         reported: u64,
-        /// The device tree's frame.
-        expected: u64,
+        /// The device tree's first frame.
+        start: u64,
+        /// The end (exclusive) of the device tree's frames.
+        end: u64,
+    },
+    /// Two vCPUs got the same redistributor.
+    #[error(
+        "Hypervisor.framework gave vCPU {vcpu} the GIC redistributor at {reported:#x}, which vCPU {other} already has"
+    )]
+    RedistributorShared {
+        /// The vCPU.
+        vcpu: usize,
+        /// The other vCPU.
+        other: usize,
+        /// `hv_gic_get_redistributor_base`.
+        reported: u64,
     },
     /// The distributor is not the frame the device tree describes.
     #[error(
@@ -732,33 +747,64 @@ pub fn create_vm_with_gic<S: GicSetup>(setup: &mut S, vcpus: usize) -> Result<(S
     Ok((vm, limits))
 }
 
-/// Where the device tree puts vCPU `index`'s redistributor: one
-/// [`layout::GIC_REDIST_SIZE_PER_VCPU`] frame after another from [`layout::GIC_REDIST_BASE`].
-pub const fn expected_redistributor_base(index: usize) -> u64 {
-    layout::GIC_REDIST_BASE + index as u64 * layout::GIC_REDIST_SIZE_PER_VCPU
+/// The redistributor frames of a VM's vCPUs, as the framework reports them
+/// (`hv_gic_get_redistributor_base`, which hv_gic.h says "Must be called after the affinity of
+/// the given vCPU has been set in its MPIDR_EL1 register").
+///
+/// The device tree describes the redistributors as the [`layout::GIC_REDIST_SIZE_PER_VCPU`]
+/// frames from [`layout::GIC_REDIST_BASE`], one per vCPU; the guest finds its own frame in that
+/// range by the affinity in each frame's `GICR_TYPER`. So every vCPU's frame must be one of
+/// those frames, and no two vCPUs may share one. Which vCPU gets which frame is not checked:
+/// whether the framework hands frames out by affinity or by creation order (the vCPU threads
+/// create their vCPUs concurrently) is not documented, and the guest does not care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedistributorFrames {
+    owners: Vec<Option<usize>>,
 }
 
-/// Checks the redistributor base the framework reports for vCPU `index`
-/// (`hv_gic_get_redistributor_base`, which hv_gic.h says "Must be called after the affinity of
-/// the given vCPU has been set in its MPIDR_EL1 register") against the frame the device tree
-/// describes. A guest that looks for its redistributor elsewhere gets no interrupts.
-///
-/// # Errors
-///
-/// [`GicLayoutError::RedistributorPlacement`] naming both addresses.
-pub fn check_redistributor_base(
-    index: usize,
-    reported: u64,
-) -> std::result::Result<(), GicLayoutError> {
-    let expected = expected_redistributor_base(index);
-    if reported == expected {
-        Ok(())
-    } else {
-        Err(GicLayoutError::RedistributorPlacement {
-            vcpu: index,
-            reported,
-            expected,
-        })
+impl RedistributorFrames {
+    /// The frames of a VM with `vcpus` vCPUs, none claimed yet.
+    pub fn new(vcpus: usize) -> Self {
+        Self {
+            owners: vec![None; vcpus],
+        }
+    }
+
+    /// Records that vCPU `vcpu` got the redistributor at `reported`.
+    ///
+    /// # Errors
+    ///
+    /// [`GicLayoutError::RedistributorPlacement`] (naming the address and the device tree's
+    /// range) when `reported` is not one of the frames; [`GicLayoutError::RedistributorShared`]
+    /// when another vCPU has it.
+    pub fn claim(&mut self, vcpu: usize, reported: u64) -> std::result::Result<(), GicLayoutError> {
+        let start = layout::GIC_REDIST_BASE;
+        let stride = layout::GIC_REDIST_SIZE_PER_VCPU;
+        let end = start.saturating_add(stride.saturating_mul(self.owners.len() as u64));
+        let slot = reported
+            .checked_sub(start)
+            .filter(|off| off % stride == 0)
+            .and_then(|off| usize::try_from(off / stride).ok())
+            .and_then(|i| self.owners.get_mut(i));
+        let Some(slot) = slot else {
+            return Err(GicLayoutError::RedistributorPlacement {
+                vcpu,
+                reported,
+                start,
+                end,
+            });
+        };
+        match *slot {
+            Some(other) if other != vcpu => Err(GicLayoutError::RedistributorShared {
+                vcpu,
+                other,
+                reported,
+            }),
+            _ => {
+                *slot = Some(vcpu);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -1711,29 +1757,51 @@ mod tests {
     }
 
     #[test]
-    fn redistributor_at_the_device_tree_frame_is_accepted() {
-        assert_eq!(check_redistributor_base(0, 0x080A_0000), Ok(()));
-        assert_eq!(
-            check_redistributor_base(3, 0x080A_0000 + 3 * 0x2_0000),
-            Ok(())
-        );
+    fn redistributors_in_the_device_tree_frames_are_accepted_in_any_order() {
+        let mut frames = RedistributorFrames::new(3);
+        // vCPU 2 created first, by another thread, and given the first frame.
+        assert_eq!(frames.claim(2, 0x080A_0000), Ok(()));
+        assert_eq!(frames.claim(0, 0x080A_0000 + 2 * 0x2_0000), Ok(()));
+        assert_eq!(frames.claim(1, 0x080C_0000), Ok(()));
     }
 
     #[test]
-    fn redistributor_elsewhere_is_refused_naming_both_addresses() {
-        let err = check_redistributor_base(1, 0x080A_0000).unwrap_err();
+    fn redistributor_outside_the_device_tree_frames_is_refused_naming_both_addresses() {
+        for reported in [
+            0x080A_0000 + 2 * 0x2_0000, // the frame of a third vCPU the guest is not told of
+            0x0809_0000,                // below the region
+            0x080A_1000,                // inside, not on a frame boundary
+            0,
+        ] {
+            let err = RedistributorFrames::new(2).claim(1, reported).unwrap_err();
+            assert_eq!(
+                err,
+                GicLayoutError::RedistributorPlacement {
+                    vcpu: 1,
+                    reported,
+                    start: 0x080A_0000,
+                    end: 0x080E_0000
+                }
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{reported:#x}")) && msg.contains("0x80a0000"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_redistributor_for_two_vcpus_is_refused() {
+        let mut frames = RedistributorFrames::new(2);
+        frames.claim(0, 0x080A_0000).unwrap();
         assert_eq!(
-            err,
-            GicLayoutError::RedistributorPlacement {
+            frames.claim(1, 0x080A_0000),
+            Err(GicLayoutError::RedistributorShared {
                 vcpu: 1,
-                reported: 0x080A_0000,
-                expected: 0x080C_0000
-            }
-        );
-        let msg = err.to_string();
-        assert!(
-            msg.contains("0x80a0000") && msg.contains("0x80c0000"),
-            "{msg}"
+                other: 0,
+                reported: 0x080A_0000
+            })
         );
     }
 
