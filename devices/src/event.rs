@@ -166,8 +166,6 @@ fn timeout_ms(timeout: Option<Duration>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::thread;
     use std::time::Instant;
 
     #[test]
@@ -203,17 +201,83 @@ mod tests {
         assert_eq!(events[0].token, Token(7));
     }
 
+    /// Whether thread `tid` of this process sleeps (state `S`) in one of the system calls `nrs`,
+    /// as `/proc/self/task/<tid>/{stat,syscall}` (proc(5)) show it.
+    #[cfg(target_os = "linux")]
+    fn blocked_in(tid: u32, nrs: &[libc::c_long]) -> bool {
+        let task = format!("/proc/self/task/{tid}");
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.trim_start().chars().next());
+        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+        let nr = call.split_whitespace().next().and_then(|n| n.parse().ok());
+        state == Some('S') && nr.is_some_and(|n| nrs.contains(&n))
+    }
+
+    /// The calling thread's id (the last component of `/proc/thread-self`).
+    #[cfg(target_os = "linux")]
+    fn current_tid() -> u32 {
+        let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        let tid = link
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok());
+        tid.expect("a thread id")
+    }
+
+    /// A waiter blocked in `Notifier::wait` when the notify comes is woken by it (and only then
+    /// returns): the test sees the waiter thread asleep in `poll(2)` before it notifies.
     #[test]
-    fn notify_from_another_thread_wakes_waiter() {
-        let n = Arc::new(Notifier::new().unwrap());
-        let n2 = Arc::clone(&n);
-        let t = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(10));
-            n2.notify().unwrap();
-        });
-        n.wait().unwrap();
-        t.join().unwrap();
-        assert!(!n.consume().unwrap());
+    #[cfg_attr(
+        not(target_os = "linux"),
+        ignore = "reads the waiter's state from Linux's /proc"
+    )]
+    fn notify_from_another_thread_wakes_a_blocked_waiter() {
+        #[cfg(target_os = "linux")]
+        {
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicBool, Ordering};
+            use std::thread;
+            let n = Arc::new(Notifier::new().unwrap());
+            let returned = Arc::new(AtomicBool::new(false));
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let waiter = thread::spawn({
+                let (n, returned) = (Arc::clone(&n), Arc::clone(&returned));
+                move || {
+                    tid_tx.send(current_tid()).unwrap();
+                    n.wait().unwrap();
+                    returned.store(true, Ordering::SeqCst);
+                }
+            });
+            let tid = tid_rx.recv().unwrap();
+            #[cfg(target_arch = "x86_64")]
+            let polls = [libc::SYS_poll, libc::SYS_ppoll];
+            #[cfg(not(target_arch = "x86_64"))]
+            let polls = [libc::SYS_ppoll];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !blocked_in(tid, &polls) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the waiter never slept in poll(2)"
+                );
+                assert!(!returned.load(Ordering::SeqCst), "wait returned unnotified");
+                thread::sleep(Duration::from_millis(1));
+            }
+            assert!(!returned.load(Ordering::SeqCst), "wait returned unnotified");
+            n.notify().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !returned.load(Ordering::SeqCst) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the notify did not wake the waiter"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            waiter.join().unwrap();
+            assert!(!n.consume().unwrap(), "the wait consumed the notification");
+        }
     }
 
     #[test]

@@ -3,8 +3,14 @@
 //! [`DriverSim`] drives any [`MmioDevice`] that implements the virtio-mmio transport the way a
 //! guest driver would: the initialization handshake, queue setup in guest memory, descriptor
 //! chains, `QueueNotify`, reaping used buffers and watching the interrupt notifier. Other VMMs
-//! can use it to test their own devices or their use of ours. It also writes raw descriptors, so
-//! tests can hand a device malformed chains.
+//! can use it to test their own devices or their use of ours. It also writes raw descriptors
+//! ([`RawDescriptor`]), so tests can hand a device malformed chains.
+//!
+//! Its waits ([`DriverSim::wait_used`], [`DriverSim::recv_frames`]) sleep on the interrupt
+//! notifier, as a guest driver sleeps until its interrupt handler runs: a device that publishes
+//! used buffers without interrupting makes them fail with [`SimError::LostInterrupt`]. A test
+//! that wants to look at the rings regardless of interrupts opts in with
+//! [`DriverSim::set_wait_mode`]`(`[`WaitMode::Poll`]`)`.
 
 use std::collections::HashMap;
 use std::io;
@@ -54,9 +60,92 @@ pub enum SimError {
     /// Waiting timed out.
     #[error("timed out waiting for the device")]
     Timeout,
+    /// The device put used buffers on the queue but did not raise the interrupt the driver
+    /// asked for, within the wait's timeout.
+    #[error("queue {0} has used buffers but the device did not interrupt")]
+    LostInterrupt(u16),
     /// A notifier failed.
     #[error("notifier error")]
     Io(#[from] io::Error),
+}
+
+/// How [`DriverSim`] waits for used buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Sleep on the interrupt notifier, having asked for an interrupt first (the default): a
+    /// wait ends only when the device interrupts, as a guest driver's does.
+    #[default]
+    Interrupt,
+    /// Look at the used ring at least this often, whether or not the device interrupts.
+    Poll(Duration),
+}
+
+/// One split-ring descriptor as a driver writes it into the descriptor table (virtio 1.2,
+/// 2.7.5: `addr` le64, `len` le32, `flags` le16, `next` le16). Any values, so tests and fuzz
+/// harnesses can hand a device malformed chains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawDescriptor {
+    /// Buffer address.
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// `VRING_DESC_F_*` flags.
+    pub flags: u16,
+    /// Index of the next descriptor (with `VRING_DESC_F_NEXT`).
+    pub next: u16,
+}
+
+impl RawDescriptor {
+    /// Size of one descriptor in a table.
+    pub const SIZE: u64 = 16;
+
+    /// The descriptor's 16 bytes as they sit in guest memory.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&self.addr.to_le_bytes());
+        d[8..12].copy_from_slice(&self.len.to_le_bytes());
+        d[12..14].copy_from_slice(&self.flags.to_le_bytes());
+        d[14..].copy_from_slice(&self.next.to_le_bytes());
+        d
+    }
+
+    /// Decodes 16 bytes of a descriptor table.
+    pub fn from_bytes(d: [u8; 16]) -> Self {
+        let (mut addr, mut len, mut flags, mut next) = ([0u8; 8], [0u8; 4], [0u8; 2], [0u8; 2]);
+        addr.copy_from_slice(&d[..8]);
+        len.copy_from_slice(&d[8..12]);
+        flags.copy_from_slice(&d[12..14]);
+        next.copy_from_slice(&d[14..]);
+        Self {
+            addr: u64::from_le_bytes(addr),
+            len: u32::from_le_bytes(len),
+            flags: u16::from_le_bytes(flags),
+            next: u16::from_le_bytes(next),
+        }
+    }
+
+    /// The address of entry `index` of the table at `table` (wrapping, like any value here).
+    pub fn entry(table: GuestAddress, index: u16) -> GuestAddress {
+        GuestAddress(table.0.wrapping_add(Self::SIZE * u64::from(index)))
+    }
+
+    /// Writes the descriptor at `at` (a table entry, or any address).
+    pub fn write(&self, mem: &GuestMemory, at: GuestAddress) -> Result<(), SimError> {
+        mem.write_slice(&self.to_bytes(), at)?;
+        Ok(())
+    }
+
+    /// Reads the descriptor at `at`.
+    pub fn read(mem: &GuestMemory, at: GuestAddress) -> Result<Self, SimError> {
+        let mut d = [0u8; 16];
+        mem.read_slice(&mut d, at)?;
+        Ok(Self::from_bytes(d))
+    }
+
+    /// The first address after the buffer (saturating).
+    pub fn end(&self) -> u64 {
+        self.addr.saturating_add(u64::from(self.len))
+    }
 }
 
 /// One used-ring element.
@@ -92,6 +181,7 @@ pub struct DriverSim {
     queues: Vec<SimQueue>,
     features: u64,
     interrupts_seen: u64,
+    wait_mode: WaitMode,
 }
 
 impl std::fmt::Debug for DriverSim {
@@ -138,6 +228,7 @@ impl DriverSim {
             queues: Vec::new(),
             features: 0,
             interrupts_seen: 0,
+            wait_mode: WaitMode::Interrupt,
         }
     }
 
@@ -149,6 +240,12 @@ impl DriverSim {
     /// The features negotiated by [`init`](Self::init).
     pub fn features(&self) -> u64 {
         self.features
+    }
+
+    /// Chooses how [`wait_used`](Self::wait_used) and [`recv_frames`](Self::recv_frames) wait
+    /// (by default for the interrupt).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.wait_mode = mode;
     }
 
     /// How many times a wait of the simulator saw the interrupt notifier fire.
@@ -315,15 +412,14 @@ impl DriverSim {
         flags: u16,
         next: u16,
     ) -> Result<(), SimError> {
-        let sq = &self.queues[usize::from(q)];
-        let at = sq.desc.unchecked_add(16 * u64::from(index));
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&addr.0.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&d, at)?;
-        Ok(())
+        let table = self.queues[usize::from(q)].desc;
+        RawDescriptor {
+            addr: addr.0,
+            len,
+            flags,
+            next,
+        }
+        .write(&self.mem, RawDescriptor::entry(table, index))
     }
 
     /// Puts `head` on the avail ring of queue `q` (no notification).
@@ -462,7 +558,38 @@ impl DriverSim {
         Ok(!self.has_used(q)?)
     }
 
-    /// Waits until at least `count` used elements are available on `q` (collecting them).
+    /// Returns once queue `q` has a used element not taken yet, sleeping until the device
+    /// interrupts (or, with [`WaitMode::Poll`], at most the poll interval at a time) while it has
+    /// none. Fails with [`SimError::LostInterrupt`] if used elements arrived by `deadline` with no
+    /// interrupt, [`SimError::Timeout`] if none did.
+    fn wait_for_used(&mut self, q: u16, deadline: Instant) -> Result<(), SimError> {
+        loop {
+            if self.has_used(q)? || !self.arm_and_recheck(q)? {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SimError::Timeout);
+            }
+            match self.wait_mode {
+                WaitMode::Interrupt => {
+                    if !self.wait_irq(left)? {
+                        return Err(if self.has_used(q)? {
+                            SimError::LostInterrupt(q)
+                        } else {
+                            SimError::Timeout
+                        });
+                    }
+                }
+                WaitMode::Poll(every) => {
+                    self.wait_irq(left.min(every))?;
+                }
+            }
+        }
+    }
+
+    /// Waits until at least `count` used elements are available on `q` (collecting them); see
+    /// [`WaitMode`] for how.
     pub fn wait_used(
         &mut self,
         q: u16,
@@ -472,14 +599,7 @@ impl DriverSim {
         let deadline = Instant::now() + timeout;
         let mut out = self.take_used(q)?;
         while out.len() < count {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(SimError::Timeout);
-            }
-            // Interrupts may be suppressed (EVENT_IDX): poll at a short interval as well.
-            if self.arm_and_recheck(q)? {
-                self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
-            }
+            self.wait_for_used(q, deadline)?;
             out.extend(self.take_used(q)?);
         }
         Ok(out)
@@ -553,7 +673,8 @@ impl DriverSim {
     }
 
     /// Waits for `count` frames on the RX queue and returns them without their virtio-net
-    /// header, reassembling mergeable buffers by `num_buffers`.
+    /// header, reassembling mergeable buffers by `num_buffers`; waits as
+    /// [`wait_used`](Self::wait_used) does.
     pub fn recv_frames(
         &mut self,
         count: usize,
@@ -564,19 +685,11 @@ impl DriverSim {
         let mut pending: Vec<u8> = Vec::new();
         let mut want_bufs = 0u16;
         while frames.len() < count {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(SimError::Timeout);
-            }
+            self.wait_for_used(0, deadline)?;
+            // The used index was read before the element it covers.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let sq = &self.queues[0];
             let used_at = sq.used;
-            let idx: u16 = self.mem.read_obj(used_at.unchecked_add(2))?;
-            if idx == sq.last_used {
-                if self.arm_and_recheck(0)? {
-                    self.wait_irq((deadline - now).min(Duration::from_millis(5)))?;
-                }
-                continue;
-            }
             let slot = u64::from(sq.last_used % sq.size);
             let at = used_at.unchecked_add(4 + 8 * slot);
             let id = self.mem.read_obj::<u32>(at)? as u16;
@@ -603,5 +716,130 @@ impl DriverSim {
             }
         }
         Ok(frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::mem::{MemBackend, MemBackendConfig, MemBackendHandle};
+    use crate::virtio::net::harness::memory;
+    use crate::virtio::net::{Net, NetConfig};
+
+    /// Long enough for the device's worker to publish a used buffer on a loaded machine.
+    const WAIT: Duration = Duration::from_millis(1500);
+    /// How long after a wait began the device gets the work that it then completes without an
+    /// interrupt: a used buffer already there when a wait begins needs no interrupt.
+    const LATER: Duration = Duration::from_millis(400);
+
+    /// A net device and a driver listening on a notifier of its own instead of the device's:
+    /// every interrupt the device raises is lost to the driver. Also returns the transport, for
+    /// kicks from another thread.
+    fn deaf_driver() -> (DriverSim, MemBackendHandle, SharedMmioDevice) {
+        let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
+        let handle = backend.handle();
+        let net = Net::new(Box::new(backend), NetConfig::default());
+        let mem = memory();
+        let device_irq = Notifier::new().unwrap();
+        let transport: SharedMmioDevice = Arc::new(Mutex::new(
+            MmioTransport::new(Box::new(net), mem.clone(), device_irq).unwrap(),
+        ));
+        let sim = DriverSim::new(
+            mem,
+            transport.clone(),
+            Notifier::new().unwrap(),
+            GuestAddress(0x20_0000),
+            0x80_0000,
+        );
+        (sim, handle, transport)
+    }
+
+    #[test]
+    fn waits_fail_when_the_interrupt_is_lost_and_polling_is_an_explicit_choice() {
+        for event_idx in [0, features::RING_EVENT_IDX] {
+            let (mut sim, backend, transport) = deaf_driver();
+            assert_eq!(sim.init(event_idx, 64).unwrap() & event_idx, event_idx);
+            // A frame received (by polling) shows the worker past its first passes: from here
+            // on it sees a TX buffer only when kicked.
+            sim.set_wait_mode(WaitMode::Poll(Duration::from_millis(5)));
+            sim.post_rx_buffers(4, 2048).unwrap();
+            backend.inject(&[0x21; 60]);
+            assert_eq!(sim.recv_frames(1, WAIT).unwrap(), vec![vec![0x21; 60]]);
+
+            // A TX buffer kicked, and an RX frame arriving, while the driver waits.
+            sim.set_wait_mode(WaitMode::Interrupt);
+            sim.queue_frame(&[0x11; 60]).unwrap();
+            let kick = std::thread::spawn({
+                let transport = transport.clone();
+                move || {
+                    std::thread::sleep(LATER);
+                    let mut t = transport.lock().unwrap();
+                    t.write(regs::QUEUE_NOTIFY, &1u32.to_le_bytes());
+                }
+            });
+            let r = sim.wait_used(1, 1, WAIT);
+            assert!(matches!(r, Err(SimError::LostInterrupt(1))), "{r:?}");
+            kick.join().unwrap();
+            let inject = std::thread::spawn({
+                let backend = backend.clone();
+                move || {
+                    std::thread::sleep(LATER);
+                    backend.inject(&[0x22; 60]);
+                }
+            });
+            let r = sim.recv_frames(1, WAIT);
+            assert!(matches!(r, Err(SimError::LostInterrupt(0))), "{r:?}");
+            inject.join().unwrap();
+
+            // The same waits succeed when the test asks for polling.
+            sim.set_wait_mode(WaitMode::Poll(Duration::from_millis(5)));
+            assert_eq!(sim.wait_used(1, 1, WAIT).unwrap().len(), 1);
+            assert_eq!(sim.recv_frames(1, WAIT).unwrap(), vec![vec![0x22; 60]]);
+            assert_eq!(sim.interrupts_seen(), 0);
+        }
+    }
+
+    #[test]
+    fn waits_end_on_the_device_interrupt() {
+        for event_idx in [0, features::RING_EVENT_IDX] {
+            let backend = MemBackend::new(MemBackendConfig::default()).unwrap();
+            let handle = backend.handle();
+            let net = Net::new(Box::new(backend), NetConfig::default());
+            let (mut sim, _transport) =
+                attach(Box::new(net), memory(), GuestAddress(0x20_0000), 0x80_0000).unwrap();
+            sim.init(event_idx, 64).unwrap();
+            for i in 0..20u8 {
+                sim.send_frame(&[i; 60]).unwrap();
+                assert_eq!(sim.wait_used(1, 1, WAIT).unwrap().len(), 1);
+                sim.post_rx_buffers(1, 2048).unwrap();
+                handle.inject(&[i; 70]);
+                assert_eq!(sim.recv_frames(1, WAIT).unwrap(), vec![vec![i; 70]]);
+            }
+            assert!(sim.interrupts_seen() > 0);
+        }
+    }
+
+    #[test]
+    fn raw_descriptors_round_trip_through_their_16_bytes() {
+        let d = RawDescriptor {
+            addr: 0x0102_0304_0506_0708,
+            len: 0x090a_0b0c,
+            flags: 0x0d0e,
+            next: 0x0f10,
+        };
+        let b = d.to_bytes();
+        assert_eq!(
+            b,
+            [
+                8, 7, 6, 5, 4, 3, 2, 1, 0xc, 0xb, 0xa, 9, 0xe, 0xd, 0x10, 0xf
+            ]
+        );
+        assert_eq!(RawDescriptor::from_bytes(b), d);
+        let mem = memory();
+        let at = RawDescriptor::entry(GuestAddress(0x1000), 3);
+        assert_eq!(at, GuestAddress(0x1030));
+        d.write(&mem, at).unwrap();
+        assert_eq!(RawDescriptor::read(&mem, at).unwrap(), d);
+        assert_eq!(d.end(), 0x0102_0304_0506_0708 + 0x090a_0b0c);
     }
 }

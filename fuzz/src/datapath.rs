@@ -70,11 +70,9 @@ const G_RX_LEN: u32 = 0x1000;
 const MAX_RX_ROOM: usize = G_RX_LEN as usize;
 
 /// Descriptor flags.
-pub const F_NEXT: u16 = 1;
-/// See [`F_NEXT`].
-pub const F_WRITE: u16 = 2;
-/// See [`F_NEXT`].
-pub const F_INDIRECT: u16 = 4;
+pub use devices::testing::{
+    VRING_DESC_F_INDIRECT as F_INDIRECT, VRING_DESC_F_NEXT as F_NEXT, VRING_DESC_F_WRITE as F_WRITE,
+};
 
 const HDR: usize = VNET_HDR_LEN;
 
@@ -197,47 +195,18 @@ impl Snap {
     }
 }
 
-/// One descriptor as the guest wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    /// Buffer address.
-    pub addr: u64,
-    /// Buffer length.
-    pub len: u32,
-    /// Flags.
-    pub flags: u16,
-    /// Next index.
-    pub next: u16,
+/// One descriptor as the guest wrote it (the driver simulator's raw descriptor: one layout for
+/// the crate's tests and the fuzz harnesses).
+pub use devices::testing::RawDescriptor as Desc;
+
+/// Reads the descriptor at `at`, if it is in memory.
+fn read_desc(mem: &GuestMemory, at: u64) -> Option<Desc> {
+    Desc::read(mem, GuestAddress(at)).ok()
 }
 
-impl Desc {
-    fn bytes(&self) -> [u8; 16] {
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&self.addr.to_le_bytes());
-        d[8..12].copy_from_slice(&self.len.to_le_bytes());
-        d[12..14].copy_from_slice(&self.flags.to_le_bytes());
-        d[14..].copy_from_slice(&self.next.to_le_bytes());
-        d
-    }
-
-    fn read(mem: &GuestMemory, at: u64) -> Option<Self> {
-        let mut d = [0u8; 16];
-        mem.read_slice(&mut d, GuestAddress(at)).ok()?;
-        Some(Self {
-            addr: u64::from_le_bytes(d[..8].try_into().ok()?),
-            len: u32::from_le_bytes(d[8..12].try_into().ok()?),
-            flags: u16::from_le_bytes(d[12..14].try_into().ok()?),
-            next: u16::from_le_bytes(d[14..].try_into().ok()?),
-        })
-    }
-
-    fn write(&self, mem: &GuestMemory, at: u64) {
-        let _ = mem.write_slice(&self.bytes(), GuestAddress(at));
-    }
-
-    fn end(&self) -> u64 {
-        self.addr.saturating_add(u64::from(self.len))
-    }
+/// Writes `d` at `at`; a write outside memory is dropped (the fuzzer may aim anywhere).
+fn write_desc(mem: &GuestMemory, at: u64, d: Desc) {
+    let _ = d.write(mem, GuestAddress(at));
 }
 
 /// A descriptor chain as the reference walker sees it.
@@ -265,7 +234,7 @@ impl View {
             let Some(at) = table.checked_add(u64::from(next) * 16) else {
                 break;
             };
-            let Some(d) = Desc::read(mem, at) else {
+            let Some(d) = read_desc(mem, at) else {
                 break;
             };
             if d.flags & F_INDIRECT != 0 {
@@ -933,13 +902,16 @@ impl Harness {
         let Some(d) = (0..q.size).find(|&i| q.outstanding.iter().all(|o| o.head != i)) else {
             return;
         };
-        Desc {
-            addr: G_RX,
-            len: G_RX_LEN,
-            flags: F_WRITE,
-            next: 0,
-        }
-        .write(&self.mem, q.desc + 16 * u64::from(d));
+        write_desc(
+            &self.mem,
+            q.desc + 16 * u64::from(d),
+            Desc {
+                addr: G_RX,
+                len: G_RX_LEN,
+                flags: F_WRITE,
+                next: 0,
+            },
+        );
         q.publish(&self.mem, d, true);
     }
 
@@ -960,20 +932,26 @@ impl Harness {
             .write_slice(&body, GuestAddress(G_TX + 64))
             .unwrap();
         let t = self.tx.desc;
-        Desc {
-            addr: G_TX,
-            len: HDR as u32,
-            flags: F_NEXT,
-            next: 1,
-        }
-        .write(&self.mem, t);
-        Desc {
-            addr: G_TX + 64,
-            len: body_len as u32,
-            flags: 0,
-            next: 0,
-        }
-        .write(&self.mem, t + 16);
+        write_desc(
+            &self.mem,
+            t,
+            Desc {
+                addr: G_TX,
+                len: HDR as u32,
+                flags: F_NEXT,
+                next: 1,
+            },
+        );
+        write_desc(
+            &self.mem,
+            t + 16,
+            Desc {
+                addr: G_TX + 64,
+                len: body_len as u32,
+                flags: 0,
+                next: 0,
+            },
+        );
         self.tx.publish(&self.mem, 0, true);
         // process_tx checks that the backend got the chain's bytes and nothing else.
         self.process_tx(None);
@@ -1084,15 +1062,13 @@ pub fn run(data: &[u8]) {
     for q in [&rx, &tx] {
         let n = usize::from(s.u8()).min(usize::from(q.size));
         for i in 0..n {
-            InDesc::read(&mut s)
-                .resolve()
-                .write(&mem, q.desc + 16 * i as u64);
+            write_desc(&mem, q.desc + 16 * i as u64, InDesc::read(&mut s).resolve());
         }
     }
     for _ in 0..s.u8() % 5 {
         let at = BUF_BASE + u64::from(s.u16()) % BUF_LEN;
         for i in 0..u64::from(s.u8() % 17) {
-            InDesc::read(&mut s).resolve().write(&mem, at + 16 * i);
+            write_desc(&mem, at + 16 * i, InDesc::read(&mut s).resolve());
         }
     }
 
@@ -1105,7 +1081,7 @@ pub fn run(data: &[u8]) {
     ];
     for q in [&rx, &tx] {
         for i in 0..u64::from(q.size) {
-            if let Some(d) = Desc::read(&mem, q.desc + 16 * i)
+            if let Some(d) = read_desc(&mem, q.desc + 16 * i)
                 && d.flags & F_INDIRECT != 0
             {
                 meta.push((d.addr, d.end()));
@@ -1127,12 +1103,12 @@ pub fn run(data: &[u8]) {
     for &(start, end) in &tables {
         let mut at = start;
         while at < end {
-            if let Some(mut d) = Desc::read(&mem, at)
+            if let Some(mut d) = read_desc(&mem, at)
                 && d.flags & F_WRITE != 0
                 && meta.iter().any(|&m| overlaps(m, (d.addr, d.end())))
             {
                 d.flags &= !F_WRITE;
-                d.write(&mem, at);
+                write_desc(&mem, at, d);
             }
             at += 16;
         }

@@ -225,7 +225,7 @@ impl Readiness {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::task::{Wake, Waker};
     use std::thread;
 
@@ -252,27 +252,104 @@ mod tests {
         assert!(r.is_pending());
     }
 
+    /// Linux: whether thread `tid` of this process sleeps (state `S`) in `futex(2)`, where a
+    /// condition variable waits, as `/proc/self/task/<tid>/{stat,syscall}` (proc(5)) show it.
+    #[cfg(target_os = "linux")]
+    fn asleep_in_futex(tid: Option<u32>) -> bool {
+        let task = format!("/proc/self/task/{}", tid.expect("a thread id"));
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.trim_start().chars().next());
+        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+        let nr = call.split_whitespace().next().and_then(|n| n.parse().ok());
+        state == Some('S') && nr == Some(libc::SYS_futex)
+    }
+
+    /// Elsewhere there is no `/proc` to look at: the waiter is given 50 ms to get there, and the
+    /// test checks only that its wait had not returned before the wake-up.
+    #[cfg(not(target_os = "linux"))]
+    fn asleep_in_futex(_: Option<u32>) -> bool {
+        thread::sleep(Duration::from_millis(50));
+        true
+    }
+
+    /// A thread in `Readiness::wait(None)`, and whether that wait has returned.
+    struct Waiter {
+        returned: Arc<AtomicBool>,
+        thread: thread::JoinHandle<bool>,
+    }
+
+    impl Waiter {
+        /// Starts a waiter on `r` and returns once it sleeps in the wait (see
+        /// [`asleep_in_futex`]), failing if the wait returned before.
+        fn blocked_on(r: &Arc<Readiness>) -> Self {
+            let returned = Arc::new(AtomicBool::new(false));
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let thread = thread::spawn({
+                let (r, returned) = (Arc::clone(r), Arc::clone(&returned));
+                move || {
+                    // The last component of /proc/thread-self is the thread id.
+                    let tid = std::fs::read_link("/proc/thread-self")
+                        .ok()
+                        .and_then(|l| l.file_name()?.to_str()?.parse::<u32>().ok());
+                    tid_tx.send(tid).unwrap();
+                    let ready = r.wait(None);
+                    returned.store(true, Ordering::SeqCst);
+                    ready
+                }
+            });
+            let w = Self { returned, thread };
+            let tid = tid_rx.recv().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(
+                    !w.returned.load(Ordering::SeqCst),
+                    "the wait returned unwoken"
+                );
+                if asleep_in_futex(tid) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the waiter never slept in futex(2)"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                !w.returned.load(Ordering::SeqCst),
+                "the wait returned unwoken"
+            );
+            w
+        }
+
+        /// The wait's result, which must come within 10 s.
+        fn woken(self) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.returned.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "the waiter was not woken");
+                thread::sleep(Duration::from_millis(1));
+            }
+            self.thread.join().unwrap()
+        }
+    }
+
     #[test]
     fn signal_from_another_thread_wakes_a_blocked_waiter() {
         let r = Arc::new(Readiness::new());
-        let r2 = Arc::clone(&r);
-        let t = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(10));
-            r2.signal(5);
-        });
-        assert!(r.wait(None));
-        t.join().unwrap();
+        let w = Waiter::blocked_on(&r);
+        r.signal(5);
+        assert!(w.woken());
         assert_eq!(r.estimate(), 5);
     }
 
     #[test]
-    fn close_wakes_waiters_with_false() {
+    fn close_wakes_a_blocked_waiter_with_false() {
         let r = Arc::new(Readiness::new());
-        let r2 = Arc::clone(&r);
-        let t = thread::spawn(move || r2.wait(None));
-        thread::sleep(Duration::from_millis(10));
+        let w = Waiter::blocked_on(&r);
         r.close();
-        assert!(!t.join().unwrap());
+        assert!(!w.woken());
         r.signal(1);
         assert!(!r.wait(Some(Duration::ZERO)), "closed wins over pending");
     }

@@ -9,6 +9,8 @@ use super::*;
 use crate::net::mem::MemBackendConfig;
 use crate::virtio::net::harness::{Harness, MAC, build, start};
 
+/// How long a wait for the device may take.
+const T: Duration = Duration::from_secs(5);
 const ACK_DRV: u32 = status::ACKNOWLEDGE | status::DRIVER;
 const ACK_DRV_FOK: u32 = ACK_DRV | status::FEATURES_OK;
 
@@ -268,6 +270,9 @@ fn no_shared_memory_regions_are_reported() {
 fn reset_stops_the_worker_and_returns_to_the_initial_state() {
     let mut h = start(MemBackendConfig::default(), 0);
     h.sim.post_rx_buffers(4, 2048).unwrap();
+    // While the device runs, its worker fills the posted buffers with the backend's frames...
+    h.backend.inject(&[0xaa; 64]);
+    assert_eq!(h.sim.recv_frames(1, T).unwrap(), vec![vec![0xaa; 64]]);
     h.sim.write_reg(regs::STATUS, 0);
     {
         let t = h.transport.lock().unwrap();
@@ -277,10 +282,16 @@ fn reset_stops_the_worker_and_returns_to_the_initial_state() {
     h.sim.write_reg(regs::QUEUE_SEL, 0);
     assert_eq!(h.sim.read_reg(regs::QUEUE_READY), 0);
     assert_eq!(h.sim.read_reg(regs::INTERRUPT_STATUS), 0);
-    // Frames injected while reset wait for the next activation.
+    // ...and no longer after the reset: a frame injected now stays in the backend, and the three
+    // buffers still on the old RX ring stay unused.
     h.backend.inject(&[0xab; 64]);
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(h.backend.pending(), 1);
+    assert_eq!(h.sim.take_used(0).unwrap(), []);
+    // The frame waits for the next activation, which delivers it.
+    h.sim.init(0, 128).unwrap();
+    h.sim.post_rx_buffers(1, 2048).unwrap();
+    assert_eq!(h.sim.recv_frames(1, T).unwrap(), vec![vec![0xab; 64]]);
 }
 
 #[test]
@@ -291,10 +302,7 @@ fn the_device_works_again_after_reset_and_reactivation() {
     h.sim.init(0, 128).unwrap();
     h.sim.post_rx_buffers(2, 2048).unwrap();
     h.backend.inject(&[0x5a; 70]);
-    assert_eq!(
-        h.sim.recv_frames(1, Duration::from_secs(5)).unwrap(),
-        vec![vec![0x5a; 70]]
-    );
+    assert_eq!(h.sim.recv_frames(1, T).unwrap(), vec![vec![0x5a; 70]]);
 }
 
 #[test]
@@ -310,11 +318,31 @@ fn reset_in_the_middle_of_traffic_joins_the_worker_each_time() {
         assert!(!h.transport.lock().unwrap().is_active());
         h.sim.init(0, 64).unwrap();
     }
-    // is_active() turned false only after the worker was joined; traffic still flows.
-    h.sim.post_rx_buffers(2, 2048).unwrap();
-    h.backend.inject(&[0x77; 60]);
-    let frames = h.sim.recv_frames(1, Duration::from_secs(5)).unwrap();
-    assert_eq!(frames.last().unwrap().len(), 60);
+    // is_active() turned false only after the worker was joined; traffic still flows: the
+    // frames the rounds left in the backend arrive, in order, then a marker frame, and no frame
+    // was lost to the resets.
+    let marker = vec![0x77; 61];
+    h.backend.inject(&marker);
+    h.sim.post_rx_buffers(8, 2048).unwrap();
+    let mut left_over = Vec::new();
+    loop {
+        let f = h.sim.recv_frames(1, T).unwrap().remove(0);
+        if f == marker {
+            break;
+        }
+        assert!(
+            f.len() == 60 && f[0] < 10 && f.iter().all(|&b| b == f[0]),
+            "only frames of the rounds come before the marker: {f:?}"
+        );
+        left_over.push(f[0]);
+        h.sim.post_rx_buffers(1, 2048).unwrap();
+    }
+    assert!(
+        left_over.is_sorted(),
+        "the frames left over arrive in order: {left_over:?}"
+    );
+    assert_eq!(h.backend.pending(), 0);
+    assert_eq!(h.metrics.rx_frames.load(Ordering::Relaxed), 10 * 20 + 1);
 }
 
 #[test]

@@ -11,10 +11,10 @@ use super::{DataPath, NetMetrics, PathConfig};
 use crate::event::Notifier;
 use crate::net::VNET_HDR_LEN;
 use crate::net::mem::{MemBackend, MemBackendConfig};
+use crate::testing::{RawDescriptor, VRING_DESC_F_WRITE};
 use crate::virtio::{GuestMemory, Interrupt};
 
 pub(super) const SIZE: u16 = 4;
-const VRING_DESC_F_WRITE: u16 = 2;
 pub(super) const RX_DESC: u64 = 0x0000;
 pub(super) const RX_AVAIL: u64 = 0x0400;
 pub(super) const RX_USED: u64 = 0x0600;
@@ -46,7 +46,7 @@ fn write_desc(mem: &GuestMemory, index: u16, addr: u64, len: u32, flags: u16) {
     write_desc_at(mem, RX_DESC, index, addr, len, flags);
 }
 
-/// Writes descriptor `index` of the table at `table`.
+/// Writes descriptor `index` of the table at `table` (no `next`).
 pub(super) fn write_desc_at(
     mem: &GuestMemory,
     table: u64,
@@ -55,11 +55,13 @@ pub(super) fn write_desc_at(
     len: u32,
     flags: u16,
 ) {
-    let mut d = [0u8; 16];
-    d[..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    mem.write_slice(&d, GuestAddress(table + 16 * u64::from(index)))
+    let d = RawDescriptor {
+        addr,
+        len,
+        flags,
+        next: 0,
+    };
+    d.write(mem, RawDescriptor::entry(GuestAddress(table), index))
         .unwrap();
 }
 
