@@ -9,14 +9,7 @@ use vmm::machine::{self, ExitReason, VmmError};
 
 /// Prints an error and its causes on one line: "error: a: b: c".
 fn report(e: &dyn std::error::Error) {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    eprintln!("error: {msg}");
+    eprintln!("error: {}", vmm::check::error_chain(e));
 }
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
