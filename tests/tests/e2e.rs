@@ -113,6 +113,17 @@ fn print_timings(builds: &[(&str, Duration)], outcome: &RunOutcome) {
     );
 }
 
+/// The lines the host's `vmm check` printed (between its markers), or "" without them.
+fn vmm_check_report(console: &str) -> String {
+    console
+        .lines()
+        .skip_while(|l| !l.contains("VMM-CHECK-BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.contains("VMM-CHECK-END"))
+        .map(|l| format!("{}\n", l.trim_end_matches('\r')))
+        .collect()
+}
+
 #[test]
 fn e2e_guest_pings_lan() {
     if let Some(reason) = e2e::skip_reason() {
@@ -149,6 +160,22 @@ fn e2e_guest_pings_lan() {
 
     let c = &outcome.console;
     let log = outcome.log.display();
+    let check = vmm_check_report(c);
+    println!("vmm check in the emulated host:\n{check}");
+    assert!(
+        c.contains("VMM-CHECK-END code=0"),
+        "`vmm check` did not pass in the emulated host; console in {log}"
+    );
+    for fact in [
+        "ok  * /dev/kvm",
+        "ok  * irqfd",
+        "ok  * ioeventfd",
+        "ok  * vGICv3",
+        "ok  * TAP vnet header",
+        "RESULT ok",
+    ] {
+        assert!(check.contains(fact), "`vmm check` lacks {fact:?}: {check}");
+    }
     assert!(
         !outcome.timed_out,
         "the emulated host timed out; console in {log}"
@@ -216,5 +243,10 @@ fn e2e_guest_pings_lan() {
         outcome.vmm_exit_code(),
         Some(0),
         "the vmm did not exit 0; console in {log}"
+    );
+    // After the guest's power-off every vCPU thread must leave KVM_RUN on one kick.
+    assert!(
+        !c.contains("did not stop in time"),
+        "a vCPU thread did not stop; console in {log}"
     );
 }

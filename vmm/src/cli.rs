@@ -4,7 +4,11 @@
 //! vmm --kernel Image [--initrd initramfs.cpio.gz] [--cmdline "..."] [--memory 512M] [--cpus 1]
 //!     [--net tap:NAME | vmnet-shared | vmnet-host | vmnet-bridged:IFACE]... [--mac MAC]...
 //!     [--log-level warn]
+//! vmm check
 //! ```
+//!
+//! `vmm check` probes the host without booting a guest ([`crate::check`]); every other command
+//! line runs a VM ([`Invocation`]).
 //!
 //! Every value parser returns a [`CliError`] whose message names the problem and the fix on
 //! one line; clap prints it after `invalid value '...' for '--option'`. Checks that involve
@@ -388,12 +392,56 @@ pub struct NetDevice {
     pub mac: Option<MacAddress>,
 }
 
+/// `vmm check`: what this host offers the VMM, without booting a guest.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "vmm check",
+    version,
+    about = "Probe this host (hypervisor, interrupt controller, networking) without booting a \
+             guest: one line per fact with ok/FAIL and advice; exits non-zero when a guest \
+             with networking cannot boot"
+)]
+pub struct CheckArgs {}
+
+/// What the `vmm` command line asks for.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    /// `vmm --kernel ...`: run a VM.
+    Run(Args),
+    /// `vmm check`.
+    Check(CheckArgs),
+}
+
+/// The name of the check subcommand, the first argument.
+pub const CHECK: &str = "check";
+
+impl Invocation {
+    /// Parses a command line (program name first): `check` as the first argument selects
+    /// [`CheckArgs`], anything else is the VM's [`Args`], exactly as before the subcommand
+    /// existed (no option of the VM takes a bare first argument). Exits with clap's message on
+    /// an error, like `Parser::parse_from`.
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        if args.get(1).is_some_and(|a| a == CHECK) {
+            Self::Check(CheckArgs::parse_from(args.into_iter().skip(1)))
+        } else {
+            Self::Run(Args::parse_from(args))
+        }
+    }
+}
+
 /// The `vmm` command line.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "vmm",
     version,
-    about = "Boot an arm64 Linux kernel with virtio-net, on Hypervisor.framework or KVM"
+    about = "Boot an arm64 Linux kernel with virtio-net, on Hypervisor.framework or KVM",
+    after_help = "Run `vmm check` first: it probes this host without booting a guest and says \
+                  what is missing."
 )]
 pub struct Args {
     /// The arm64 Linux kernel `Image` (uncompressed).
@@ -493,6 +541,21 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn check_is_a_subcommand_and_everything_else_runs_a_vm() {
+        assert!(matches!(
+            Invocation::parse_from(["vmm", "check"]),
+            Invocation::Check(_)
+        ));
+        match Invocation::parse_from(["vmm", "--kernel", "check"]) {
+            Invocation::Run(a) => assert_eq!(a.kernel, PathBuf::from("check")),
+            other => panic!("{other:?}"),
+        }
+        assert!(CheckArgs::try_parse_from(["vmm check", "--kernel", "Image"]).is_err());
+        use clap::CommandFactory;
+        CheckArgs::command().debug_assert();
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`arch`]: the arm64 platform: the guest memory map, the `Image` header, the placement of
 //!   kernel, initrd and device tree in guest RAM, the device tree itself, the PSCI handler and
 //!   the ESR decoder the Hypervisor.framework backend needs.
+//! - [`check`]: `vmm check`, the host probe a user runs before anything else.
 //! - [`cli`]: the command line.
 //! - [`hv`]: the hypervisor seam, with the KVM backend (arm64 Linux) and the Hypervisor.framework
 //!   backend (macOS); its portable logic (`hv::hvf_logic`) is tested everywhere.
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod arch;
+pub mod check;
 pub mod cli;
 pub mod console;
 pub mod hv;

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -519,12 +519,17 @@ impl<V: Vm> Machine<V> {
         });
         let created = Arc::new(Barrier::new(seeds.len()));
         let mut handles = Vec::with_capacity(seeds.len());
+        // Each vCPU thread reports its end here (when its guard drops, even on a panic).
+        let (done_tx, done_rx) = mpsc::channel::<usize>();
         for (i, (seed, starts)) in seeds.into_iter().zip(receivers).enumerate() {
             let (c, b) = (Arc::clone(&ctx), Arc::clone(&created));
+            let done = Ended(done_tx.clone(), i);
             match thread::Builder::new()
                 .name(format!("vcpu{i}"))
-                .spawn(move || c.vcpu_thread(i, seed, b, starts))
-            {
+                .spawn(move || {
+                    let _done = done;
+                    c.vcpu_thread(i, seed, b, starts)
+                }) {
                 Ok(h) => handles.push(h),
                 // The threads already started wait at the barrier forever; the process exits.
                 Err(e) => return ExitReason::Error(format!("cannot start vCPU {i}: {e}")),
@@ -547,17 +552,21 @@ impl<V: Vm> Machine<V> {
         for i in 0..ctx.starts.len() {
             let _ = ctx.send(i, Start::Quit);
         }
-        // Kick every vCPU out of the guest and wait (briefly) for the threads to end.
-        let deadline = stop_started + Duration::from_secs(2);
-        for h in handles {
-            while !h.is_finished() && Instant::now() < deadline {
-                ctx.vm.stop_vcpus();
-                thread::sleep(Duration::from_millis(1));
-            }
-            if h.is_finished() {
+        // Kick every vCPU out of the guest once (again only for a hypervisor that asks for it)
+        // and wait (at most STOP_TIMEOUT) for the threads to end.
+        drop(done_tx);
+        let ended = stop_and_wait(
+            &*ctx.vm,
+            &done_rx,
+            handles.len(),
+            stop_started + STOP_TIMEOUT,
+        );
+        for (i, h) in handles.into_iter().enumerate() {
+            // A thread that reported its end is past the vCPU loop: joining it cannot block.
+            if ended[i] {
                 let _ = h.join();
             } else {
-                tracing::warn!("a vCPU thread did not stop in time");
+                tracing::warn!(vcpu = i, "a vCPU thread did not stop in time");
             }
         }
         tracing::info!(
@@ -580,6 +589,52 @@ impl<V: Vm> Machine<V> {
         drop(self.mem);
         reason
     }
+}
+
+/// How long the machine waits for its vCPU threads after asking them to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reports the end of vCPU thread `.1` on its channel when dropped.
+struct Ended(Sender<usize>, usize);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
+}
+
+/// Asks `vm` to stop its vCPUs and waits until each of the `threads` vCPU threads reported its
+/// end (its index) on `done`, or `deadline` passed. The request is repeated only at the interval
+/// the hypervisor asks for ([`Vm::stop_retry_interval`]). Returns which threads ended.
+fn stop_and_wait<V: Vm>(
+    vm: &V,
+    done: &Receiver<usize>,
+    threads: usize,
+    deadline: Instant,
+) -> Vec<bool> {
+    vm.stop_vcpus();
+    let retry = vm.stop_retry_interval();
+    let mut ended = vec![false; threads];
+    while ended.contains(&false) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match done.recv_timeout(retry.map_or(left, |r| r.min(left))) {
+            Ok(i) => {
+                if let Some(e) = ended.get_mut(i) {
+                    *e = true;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if retry.is_some() {
+                    vm.stop_vcpus();
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    ended
 }
 
 /// One line with what a net device moved and what went wrong, for the end of a run.
@@ -613,6 +668,7 @@ mod tests {
     use super::*;
     use std::collections::{HashMap, VecDeque};
     use std::io::Write;
+    use std::sync::atomic::AtomicUsize;
 
     use devices::irq::IrqLine;
 
@@ -644,6 +700,14 @@ mod tests {
         scripts: Mutex<HashMap<usize, VecDeque<Step>>>,
         seen: Arc<Mutex<Seen>>,
         stop: Arc<AtomicBool>,
+        /// `stop_vcpus` calls so far.
+        stops: Arc<AtomicUsize>,
+        /// The first this many `stop_vcpus` calls are lost (a vCPU about to enter the guest).
+        lost_stops: usize,
+        /// What `stop_retry_interval` answers.
+        retry: Option<Duration>,
+        /// How long an idle vCPU takes to return once it saw the stop.
+        linger: Duration,
     }
 
     struct FakeVcpu {
@@ -653,6 +717,7 @@ mod tests {
         retry: Option<(VcpuExit, usize)>,
         seen: Arc<Mutex<Seen>>,
         stop: Arc<AtomicBool>,
+        linger: Duration,
     }
 
     struct NoLine;
@@ -690,6 +755,7 @@ mod tests {
             while !self.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(1));
             }
+            thread::sleep(self.linger);
             Ok(VcpuExit::Stopped)
         }
         fn set_x0(&mut self, value: u64) -> hv::Result<()> {
@@ -745,6 +811,7 @@ mod tests {
                 retry: None,
                 seen: Arc::clone(&self.seen),
                 stop: Arc::clone(&self.stop),
+                linger: self.linger,
             })
         }
         fn connect_irq(&self, _: &Notifier, spi: u32) -> hv::Result<()> {
@@ -759,7 +826,12 @@ mod tests {
             Ok(true)
         }
         fn stop_vcpus(&self) {
-            self.stop.store(true, Ordering::SeqCst);
+            if self.stops.fetch_add(1, Ordering::SeqCst) >= self.lost_stops {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        fn stop_retry_interval(&self) -> Option<Duration> {
+            self.retry
         }
     }
 
@@ -808,6 +880,10 @@ mod tests {
             ),
             seen: Arc::default(),
             stop: Arc::default(),
+            stops: Arc::default(),
+            lost_stops: 0,
+            retry: None,
+            linger: Duration::ZERO,
         }
     }
 
@@ -961,6 +1037,53 @@ mod tests {
         let (quit_tx, quit_rx) = mpsc::channel();
         quit_tx.send(()).unwrap();
         assert_eq!(machine.run(quit_rx), ExitReason::Quit);
+    }
+
+    fn quit_at_once(vm: FakeVm, cpus: usize, tag: &str) -> ExitReason {
+        let (_files, k) = kernel(tag);
+        let machine = build(&args(&k, cpus), Box::new(std::io::sink()), |_, _| Ok(vm)).unwrap();
+        let (quit_tx, quit_rx) = mpsc::channel();
+        quit_tx.send(()).unwrap();
+        machine.run(quit_rx)
+    }
+
+    #[test]
+    fn one_stop_request_ends_the_vcpus_of_a_hypervisor_that_needs_no_retry() {
+        // The vCPUs take a while to return after the stop, as a vCPU deep in a long exit would:
+        // the machine must wait for them, not ask again.
+        let vm = FakeVm {
+            linger: Duration::from_millis(30),
+            ..fake(true, 2, vec![])
+        };
+        let stops = Arc::clone(&vm.stops);
+        assert_eq!(quit_at_once(vm, 2, "stoponce"), ExitReason::Quit);
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_lost_stop_request_is_repeated_when_the_hypervisor_asks_for_it() {
+        let vm = FakeVm {
+            lost_stops: 2,
+            retry: Some(Duration::from_millis(5)),
+            ..fake(true, 2, vec![])
+        };
+        let stops = Arc::clone(&vm.stops);
+        let started = Instant::now();
+        assert_eq!(quit_at_once(vm, 2, "stopretry"), ExitReason::Quit);
+        assert!(stops.load(Ordering::SeqCst) >= 3);
+        assert!(started.elapsed() < STOP_TIMEOUT, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn waiting_for_stuck_vcpus_ends_at_the_deadline_without_new_requests() {
+        let vm = fake(true, 2, vec![]);
+        let (tx, rx) = mpsc::channel::<usize>();
+        tx.send(1).unwrap();
+        let started = Instant::now();
+        let ended = stop_and_wait(&vm, &rx, 2, started + Duration::from_millis(50));
+        assert_eq!(ended, [false, true]);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(vm.stops.load(Ordering::SeqCst), 1);
     }
 
     #[test]

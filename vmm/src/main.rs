@@ -3,21 +3,13 @@
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use clap::Parser;
-use vmm::cli::Args;
+use vmm::cli::{Args, Invocation};
 use vmm::console::{self, RawTerminal};
 use vmm::machine::{self, ExitReason, VmmError};
 
 /// Prints an error and its causes on one line: "error: a: b: c".
 fn report(e: &dyn std::error::Error) {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    eprintln!("error: {msg}");
+    eprintln!("error: {}", vmm::check::error_chain(e));
 }
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
@@ -35,8 +27,44 @@ fn build(args: &Args) -> Result<machine::Machine<vmm::hv::Unsupported>, VmmError
     machine::build(args, Box::new(std::io::stdout()), vmm::hv::Unsupported::new)
 }
 
+/// `vmm check`: prints the report on stdout; exits 1 when a guest with networking cannot boot.
+fn check() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    let report = vmm::check::linux::probe();
+    #[cfg(target_os = "macos")]
+    let report = vmm::check::macos::probe();
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    let report = {
+        let mut r = vmm::check::Report::new();
+        r.push(
+            vmm::check::Fact::fail(
+                "host",
+                std::env::consts::OS,
+                "the VMM runs on arm64 Linux (KVM) and Apple-silicon macOS",
+            )
+            .needed(),
+        );
+        r
+    };
+    println!(
+        "vmm check: vmm {} on {} {}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    print!("{}", report.render());
+    ExitCode::from(report.exit_code())
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Invocation::parse_from(std::env::args_os()) {
+        Invocation::Run(args) => args,
+        Invocation::Check(_) => return check(),
+    };
+    run(&args)
+}
+
+fn run(args: &Args) -> ExitCode {
     let level: tracing::Level = args.log_level.into();
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(level.into())
@@ -46,7 +74,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let machine = match build(&args) {
+    let machine = match build(args) {
         Ok(m) => m,
         Err(e) => {
             report(&e);

@@ -13,10 +13,21 @@
 //! - Device interrupts: the framework has no irqfd, so an interrupt thread
 //!   ([`hvf_logic::IrqForwarder`]) waits on the devices' kqueue notifiers and calls
 //!   `hv_gic_set_spi`. Queue notifications take the MMIO path (no ioeventfd either).
-//! - The virtual timer: with `hv_gic_create` the framework delivers the timer's PPI to the GIC
-//!   itself. QEMU's HVF backend, with the same in-kernel GIC, treats a
-//!   `HV_EXIT_REASON_VTIMER_ACTIVATED` exit as impossible; here it is tolerated (see
-//!   [`HvfVcpu::run`]).
+//! - Setup order (hv_gic.h): the VM first (`hv_vm_create`), then the GIC geometry is read and
+//!   checked, then the GIC configuration is created and the GIC with it (`hv_gic_create`), then
+//!   the vCPUs: [`hvf_logic::create_vm_with_gic`]. applevisor's `VirtualMachine::with_gic` takes
+//!   a GIC configuration made before the VM exists, so the GIC calls go through `applevisor-sys`.
+//! - Placement: after each vCPU's `MPIDR_EL1` is set, `hv_gic_get_redistributor_base` must give
+//!   one of the frames the device tree describes, not shared, or the vCPU is refused
+//!   ([`hvf_logic::RedistributorFrames`]); the distributor and the whole redistributor region
+//!   are checked against the device tree and the other devices ([`hvf_logic::check_gic_regions`]).
+//! - The virtual timer: one offset for the whole VM ([`hvf_logic::VmClock`]), taken at VM
+//!   creation and set on every vCPU. With `hv_gic_create` the framework delivers the timer's PPI
+//!   to the GIC itself. QEMU's HVF backend, with the same in-kernel GIC, treats a
+//!   `HV_EXIT_REASON_VTIMER_ACTIVATED` exit as impossible; should one come, it is handled as
+//!   `hv_vcpu_set_vtimer_mask`'s documentation says ([`hvf_logic::VtimerMask`]): the PPI is made
+//!   pending in the vCPU's redistributor and the timer stays masked until the guest dealt with
+//!   it.
 //! - WFI: with the in-kernel GIC the framework waits in the kernel (Apple documents a
 //!   per-vCPU "time spent at WFI instruction while waiting for interrupts" that exists only for
 //!   VMs with a GIC). Should a WFI exit arrive anyway, the vCPU thread sleeps until the
@@ -34,9 +45,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use applevisor::error::HypervisorError;
-use applevisor::gic::GicConfig;
+use applevisor::gic::{GicConfig, GicRedistributorReg};
 use applevisor::vcpu::{ExitReason, Reg, SysReg, Vcpu as HvVcpu, VcpuConfig, VcpuHandle};
-use applevisor::vm::{GicEnabled, VirtualMachine, VirtualMachineConfig, VirtualMachineInstance};
+use applevisor::vm::{GicDisabled, VirtualMachine, VirtualMachineConfig, VirtualMachineInstance};
 use devices::bus::MmioBus;
 use devices::event::Notifier;
 use devices::irq::IrqLine;
@@ -46,19 +57,21 @@ use devices::warn_limited;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::hvf_logic::{
-    self, ExceptionAction, Gic, GicIrqLine, GicLayoutError, GicLimits, GuestRegisters, IrqForwarder,
+    self, ExceptionAction, Gic, GicIrqLine, GicLimits, GicSetup, GuestRegisters, IrqForwarder,
+    RedistributorFrames, VcpuTimer, VmClock, VtimerMask,
 };
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
 use crate::arch::aarch64::cold;
 use crate::arch::aarch64::esr::Esr;
-use crate::arch::aarch64::layout;
-
-/// `PSTATE` a vCPU boots with: EL1h with D, A, I and F masked (Linux `booting.rst`).
-const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+use crate::arch::aarch64::{PSTATE_EL1H_DAIF, layout};
 
 /// The longest a vCPU sleeps on a WFI exit: other interrupts than its timer may become pending
 /// meanwhile, and nothing wakes the thread for them, so this bounds their latency.
 pub const WFI_MAX_WAIT: Duration = Duration::from_millis(1);
+
+/// How often a stop request is repeated until every vCPU thread ended
+/// ([`Vm::stop_retry_interval`]).
+const STOP_RETRY: Duration = Duration::from_millis(5);
 
 /// The page size `hv_vm_map` requires alignment to on Apple silicon (16 KiB).
 const HV_PAGE_SIZE: u64 = applevisor_sys::PAGE_SIZE as u64;
@@ -166,9 +179,6 @@ pub enum HvfError {
         layout::GIC_REDIST_BASE
     )]
     GicUnavailable(#[source] HypervisorError),
-    /// The framework's GIC does not fit the memory map.
-    #[error("Hypervisor.framework's GIC does not fit this VMM's memory map")]
-    GicLayout(#[from] GicLayoutError),
     /// Guest RAM ends above what the host can address.
     #[error(
         "guest RAM ends at {end:#x}, which needs {needed}-bit guest physical addresses, but this \
@@ -221,15 +231,94 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The VM handle: applevisor's, without its GIC layer (the GIC is created through
+/// `applevisor-sys`, after the VM).
+pub type VmHandle = VirtualMachineInstance<GicDisabled>;
+
+/// Turns an `hv_return_t` into a result.
+fn hv_result(ret: applevisor_sys::hv_return_t) -> std::result::Result<(), HypervisorError> {
+    if ret == applevisor_sys::hv_error_t::HV_SUCCESS as applevisor_sys::hv_return_t {
+        Ok(())
+    } else {
+        Err(HypervisorError::from(ret))
+    }
+}
+
 /// The in-kernel GIC as [`hvf_logic`] sees it.
 #[derive(Debug)]
 pub struct HvfGic {
-    vm: VirtualMachineInstance<GicEnabled>,
+    /// Keeps the VM (and with it the GIC) alive.
+    _vm: VmHandle,
 }
 
 impl Gic for HvfGic {
     fn set_spi(&self, intid: u32, level: bool) -> io::Result<()> {
-        self.vm.gic_set_spi(intid, level).map_err(io::Error::other)
+        // SAFETY: plain values, no pointers; the GIC exists for as long as `_vm` (it was created
+        // before this `HvfGic`), and an INTID outside the SPI range is refused by the framework
+        // with HV_BAD_ARGUMENT (hv_gic.h, `hv_gic_set_spi`).
+        hv_result(unsafe { applevisor_sys::hv_gic_set_spi(intid, level) }).map_err(io::Error::other)
+    }
+}
+
+/// [`GicSetup`] on Hypervisor.framework.
+struct FrameworkSetup<'a> {
+    mem: &'a GuestMemory,
+}
+
+/// Releases a GIC configuration object when dropped (hv_gic.h, `hv_gic_config_create`:
+/// "Release with os_release when no longer needed").
+struct GicConfigObject(applevisor_sys::hv_gic_config_t);
+
+impl Drop for GicConfigObject {
+    fn drop(&mut self) {
+        // SAFETY: a non-null object returned by `hv_gic_config_create`, released once.
+        unsafe { applevisor_sys::os_release(self.0) }
+    }
+}
+
+impl GicSetup for FrameworkSetup<'_> {
+    type Vm = VmHandle;
+
+    fn create_vm(&mut self) -> Result<VmHandle> {
+        VirtualMachine::with_config(vm_config(self.mem)?).map_err(vm_create_error)
+    }
+
+    fn gic_limits(&mut self, _vm: &VmHandle) -> Result<GicLimits> {
+        gic_limits()
+    }
+
+    fn create_gic(&mut self, _vm: &VmHandle, dist: u64, redist: u64) -> Result<()> {
+        // SAFETY: no arguments; hv_gic.h: "Create the GIC configuration after the virtual
+        // machine has been created", which `_vm` proves.
+        let config = unsafe { applevisor_sys::hv_gic_config_create() };
+        if config.is_null() {
+            return Err(HvError::call(
+                "creating the GIC configuration (hv_gic_config_create)",
+                io::Error::other("the framework returned no object"),
+            ));
+        }
+        let config = GicConfigObject(config);
+        // SAFETY: `config.0` is a live configuration object; the base is a plain value.
+        hv_result(unsafe { applevisor_sys::hv_gic_config_set_distributor_base(config.0, dist) })
+            .map_err(framework(
+                "setting the GIC distributor base (hv_gic_config_set_distributor_base)",
+            ))?;
+        // SAFETY: as above.
+        hv_result(unsafe {
+            applevisor_sys::hv_gic_config_set_redistributor_base(config.0, redist)
+        })
+        .map_err(framework(
+            "setting the GIC redistributor base (hv_gic_config_set_redistributor_base)",
+        ))?;
+        // SAFETY: `config.0` is live; the VM exists and no vCPU does yet (hv_gic.h: "must only
+        // be called after a virtual machine has been created. It must also be done before
+        // vCPU's have been created").
+        hv_result(unsafe { applevisor_sys::hv_gic_create(config.0) }).map_err(|e| {
+            setup_error(
+                "creating the in-kernel GIC (hv_gic_create)",
+                HvfError::GicUnavailable(e),
+            )
+        })
     }
 }
 
@@ -262,7 +351,11 @@ pub struct HvfVm {
     seeds: Vec<HvfVcpuSeed>,
     /// `(guest physical address, size)` of every `hv_vm_map`, unmapped on drop.
     mapped: Vec<(u64, usize)>,
-    vm: VirtualMachineInstance<GicEnabled>,
+    /// The virtual counter every vCPU shares.
+    clock: VmClock,
+    /// Which vCPU got which redistributor frame.
+    frames: Mutex<RedistributorFrames>,
+    vm: VmHandle,
     /// Keeps the mapped host memory alive as long as the VM may use it.
     _mem: GuestMemory,
 }
@@ -285,35 +378,11 @@ impl HvfVm {
             });
         }
 
-        let limits = gic_limits()?;
-        hvf_logic::check_gic_layout(&limits, vcpus)
-            .map_err(|e| setup_error("checking the GIC geometry", e.into()))?;
-        if hvf_logic::redistributor_region_overlaps_uart(&limits) {
-            tracing::warn!(
-                region = format_args!("{:#x}", limits.redistributor_region_size),
-                "Hypervisor.framework's GIC redistributor region, sized for every vCPU it supports, \
-                 reaches past the UART at {:#x}; if the console stays silent, this is why",
-                layout::UART_BASE
-            );
-        }
-
-        let mut gic_config = GicConfig::new();
-        gic_config
-            .set_distributor_base(layout::GIC_DIST_BASE)
-            .map_err(framework(
-                "setting the GIC distributor base (hv_gic_config_set_distributor_base)",
-            ))?;
-        gic_config
-            .set_redistributor_base(layout::GIC_REDIST_BASE)
-            .map_err(framework(
-                "setting the GIC redistributor base (hv_gic_config_set_redistributor_base)",
-            ))?;
-
-        let vm = match VirtualMachine::with_gic(vm_config(mem)?, gic_config) {
-            Ok(vm) => vm,
-            Err(HypervisorError::Denied) => return Err(vm_create_error(HypervisorError::Denied)),
-            Err(e) => return Err(classify_with_gic_failure(mem, e)),
-        };
+        let (vm, limits) = hvf_logic::create_vm_with_gic(&mut FrameworkSetup { mem }, vcpus)?;
+        tracing::debug!(?limits, "Hypervisor.framework GIC geometry");
+        // hv_vcpu.h, `hv_vcpu_set_vtimer_offset`; one value for every vCPU, as QEMU's HVF
+        // backend takes `mach_absolute_time()` once per VM.
+        let clock = VmClock::new(host_counter().map_or(0, |(count, _)| count));
 
         let max = HvVcpu::get_max_count().map_err(framework(
             "reading the vCPU limit (hv_vm_get_max_vcpu_count)",
@@ -326,7 +395,7 @@ impl HvfVm {
         }
 
         let mapped = map_memory(mem)?;
-        let gic = Arc::new(HvfGic { vm: vm.clone() });
+        let gic = Arc::new(HvfGic { _vm: vm.clone() });
         let irq = IrqForwarder::new(Arc::clone(&gic))
             .map_err(|e| HvError::call("creating the interrupt thread's poller", e))?;
         irq.start()
@@ -338,13 +407,50 @@ impl HvfVm {
             mpidrs: (0..vcpus).map(layout::mpidr_affinity).collect(),
             seeds: (0..vcpus).map(|index| HvfVcpuSeed { index }).collect(),
             mapped,
+            clock,
+            frames: Mutex::new(RedistributorFrames::new(vcpus)),
             vm,
             _mem: mem.clone(),
         })
     }
 }
 
-/// The GIC geometry the framework reports.
+/// For `vmm check`: a VM with its in-kernel GIC, created exactly as [`HvfVm::new`] does (for
+/// one vCPU and a 16 KiB RAM, nothing mapped), and the GIC geometry read on the way. The VM is
+/// destroyed when the handle drops.
+///
+/// # Errors
+///
+/// As [`HvfVm::new`]: no entitlement, no hypervisor, a GIC that cannot be created or does not
+/// fit the memory map.
+pub fn probe_vm() -> Result<(VmHandle, GicLimits)> {
+    let mem = GuestMemory::from_ranges(&[(
+        vm_memory::GuestAddress(layout::RAM_BASE),
+        HV_PAGE_SIZE as usize,
+    )])
+    .map_err(|e| HvError::call("allocating a page of guest memory", io::Error::other(e)))?;
+    hvf_logic::create_vm_with_gic(&mut FrameworkSetup { mem: &mem }, 1)
+}
+
+/// For `vmm check`: creates vCPU 0 of `vm` on this thread, sets its `MPIDR_EL1` as
+/// [`Vm::create_vcpu`] does and returns the redistributor base the framework gives it. The vCPU
+/// is destroyed on return.
+///
+/// # Errors
+///
+/// The framework's, naming the call.
+pub fn probe_vcpu(vm: &VmHandle) -> Result<u64> {
+    let vcpu = vm
+        .vcpu_with_config(VcpuConfig::new())
+        .map_err(framework("creating a vCPU (hv_vcpu_create)"))?;
+    vcpu.set_sys_reg(SysReg::MPIDR_EL1, layout::mpidr_el1(0))
+        .map_err(framework("setting MPIDR_EL1 (hv_vcpu_set_sys_reg)"))?;
+    vcpu.get_redistributor_base().map_err(framework(
+        "reading the vCPU's GIC redistributor base (hv_gic_get_redistributor_base)",
+    ))
+}
+
+/// The GIC geometry the framework reports; read once the VM exists.
 fn gic_limits() -> Result<GicLimits> {
     let size = |r: applevisor::error::Result<usize>, what: &'static str| -> Result<u64> {
         r.map(|v| v as u64).map_err(framework(what))
@@ -401,26 +507,6 @@ fn vm_config(mem: &GuestMemory) -> Result<VirtualMachineConfig> {
         ))?;
     }
     Ok(config)
-}
-
-/// After `with_gic` failed with `e`: tells a VM that cannot be created (entitlement,
-/// availability) from a GIC that cannot be, by creating (and at once destroying) a VM without GIC.
-/// Only on this error path; the framework allows a new VM once the previous one is destroyed.
-fn classify_with_gic_failure(mem: &GuestMemory, e: HypervisorError) -> HvError {
-    let probe = match vm_config(mem) {
-        Ok(config) => VirtualMachine::with_config(config),
-        Err(err) => return err,
-    };
-    match probe {
-        Ok(vm) => {
-            drop(vm);
-            setup_error(
-                "creating the in-kernel GIC (hv_gic_create)",
-                HvfError::GicUnavailable(e),
-            )
-        }
-        Err(vm_err) => vm_create_error(vm_err),
-    }
 }
 
 /// Maps every region of `mem` into the VM; returns what was mapped.
@@ -514,6 +600,23 @@ impl Vm for HvfVm {
             .map_err(framework("creating a vCPU (hv_vcpu_create)"))?;
         vcpu.set_sys_reg(SysReg::MPIDR_EL1, layout::mpidr_el1(seed.index))
             .map_err(framework("setting MPIDR_EL1 (hv_vcpu_set_sys_reg)"))?;
+        // hv_gic.h, `hv_gic_get_redistributor_base`: "Must be called after the affinity of the
+        // given vCPU has been set in its MPIDR_EL1 register."
+        let redist = vcpu.get_redistributor_base().map_err(framework(
+            "reading the vCPU's GIC redistributor base (hv_gic_get_redistributor_base)",
+        ))?;
+        lock(&self.frames).claim(seed.index, redist).map_err(|e| {
+            HvError::call(
+                "checking the vCPU's GIC redistributor placement",
+                io::Error::other(e),
+            )
+        })?;
+        tracing::debug!(
+            vcpu = seed.index,
+            redistributor = format_args!("{redist:#x}"),
+            "vCPU created"
+        );
+        self.clock.init_vcpu(&Timer(&vcpu))?;
         let kick = Arc::new(
             Notifier::new().map_err(|e| HvError::call("creating a vCPU wake-up notifier", e))?,
         );
@@ -524,6 +627,8 @@ impl Vm for HvfVm {
             index: seed.index,
             registry: Arc::clone(&self.registry),
             kick,
+            clock: self.clock,
+            vtimer: VtimerMask::default(),
             log: RateLimit::guest_errors(),
         })
     }
@@ -555,6 +660,13 @@ impl Vm for HvfVm {
             let _ = kick.notify();
         }
     }
+
+    /// `hv_vcpus_exit` is documented for running vCPUs; whether it makes the next
+    /// `hv_vcpu_run` of a vCPU that was between its `stopping` check and `hv_vcpu_run` return
+    /// at once is not, so the machine repeats the request until the threads end.
+    fn stop_retry_interval(&self) -> Option<Duration> {
+        Some(STOP_RETRY)
+    }
 }
 
 /// A vCPU, bound to the thread that created it (`!Send`, as applevisor's `Vcpu`).
@@ -564,7 +676,20 @@ pub struct HvfVcpu {
     index: usize,
     registry: Arc<VcpuRegistry>,
     kick: Arc<Notifier>,
+    clock: VmClock,
+    vtimer: VtimerMask,
     log: RateLimit,
+}
+
+/// [`VcpuTimer`] of an applevisor vCPU.
+struct Timer<'a>(&'a HvVcpu);
+
+impl VcpuTimer for Timer<'_> {
+    fn set_vtimer_offset(&self, offset: u64) -> Result<()> {
+        self.0.set_vtimer_offset(offset).map_err(framework(
+            "setting the vtimer offset (hv_vcpu_set_vtimer_offset)",
+        ))
+    }
 }
 
 /// [`GuestRegisters`] of an applevisor vCPU.
@@ -631,21 +756,55 @@ impl HvfVcpu {
     }
 
     /// How long a WFI may sleep: until the guest's virtual timer fires, at most
-    /// [`WFI_MAX_WAIT`]. The guest's count is the host's minus the vCPU's vtimer offset
-    /// (`hv_vcpu_get_vtimer_offset`).
+    /// [`WFI_MAX_WAIT`]. The guest's count is the host's minus the VM's vtimer offset.
     fn wfi_wait(&self) -> Duration {
         let timer = (
             self.vcpu.get_sys_reg(SysReg::CNTV_CTL_EL0),
             self.vcpu.get_sys_reg(SysReg::CNTV_CVAL_EL0),
-            self.vcpu.get_vtimer_offset(),
             host_counter(),
         );
         match timer {
-            (Ok(ctl), Ok(cval), Ok(offset), Some((now, freq))) => {
-                hvf_logic::wfi_timeout(ctl, cval, now.wrapping_sub(offset), freq, WFI_MAX_WAIT)
+            (Ok(ctl), Ok(cval), Some((now, freq))) => {
+                hvf_logic::wfi_timeout(ctl, cval, self.clock.guest_count(now), freq, WFI_MAX_WAIT)
             }
             _ => WFI_MAX_WAIT,
         }
+    }
+
+    /// Clears the framework's vtimer mask once the guest has dealt with the timer
+    /// ([`VtimerMask::before_run`]).
+    fn sync_vtimer(&mut self) -> Result<()> {
+        if !self.vtimer.is_masked() {
+            return Ok(());
+        }
+        let ctl = self
+            .vcpu
+            .get_sys_reg(SysReg::CNTV_CTL_EL0)
+            .map_err(framework("reading CNTV_CTL_EL0 (hv_vcpu_get_sys_reg)"))?;
+        if self.vtimer.before_run(ctl) {
+            self.vcpu.set_vtimer_mask(false).map_err(framework(
+                "unmasking the virtual timer (hv_vcpu_set_vtimer_mask)",
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// A `HV_EXIT_REASON_VTIMER_ACTIVATED` exit: the framework masked the timer; make its PPI
+    /// pending in this vCPU's redistributor (`GICR_ISPENDR0`, write-one-to-set) and leave the
+    /// mask until the guest has dealt with it.
+    fn vtimer_activated(&mut self) -> Result<()> {
+        warn_limited!(
+            self.log,
+            vcpu = self.index,
+            "unexpected virtual timer exit with the in-kernel GIC; delivering the timer \
+             interrupt through the redistributor"
+        );
+        let intid = self.vtimer.on_activated();
+        self.vcpu
+            .set_redistributor_reg(GicRedistributorReg::ISPENDR0, 1u64 << intid)
+            .map_err(framework(
+                "making the timer interrupt pending (hv_gic_set_redistributor_reg)",
+            ))
     }
 
     fn exception(&mut self, esr: Esr, ipa: u64, bus: &MmioBus) -> Result<VcpuExit> {
@@ -685,13 +844,15 @@ impl Vcpu for HvfVcpu {
     /// Runs the vCPU until an exit the loop must see.
     ///
     /// `HV_EXIT_REASON_VTIMER_ACTIVATED` should not happen with the in-kernel GIC. If it does,
-    /// the framework has masked the timer (`hv_vcpu_run`: "the VTimer is automatically masked"),
-    /// so it is unmasked again (`hv_vcpu_set_vtimer_mask`) and logged; leaving it masked would
-    /// stop the guest's clock.
+    /// the framework has masked the timer (`hv_vcpu_run`: "the VTimer is automatically masked");
+    /// the timer PPI is made pending and the mask cleared only once the guest has dealt with the
+    /// timer (see [`VtimerMask`]), never at once: while the timer condition holds, an unmasked
+    /// timer exits again immediately.
     fn run(&mut self, bus: &MmioBus) -> Result<VcpuExit> {
         if self.stopping() {
             return Ok(VcpuExit::Stopped);
         }
+        self.sync_vtimer()?;
         self.registry.running.store(true, Ordering::SeqCst);
         self.vcpu
             .run()
@@ -710,14 +871,7 @@ impl Vcpu for HvfVcpu {
                 bus,
             ),
             ExitReason::VTIMER_ACTIVATED => {
-                warn_limited!(
-                    self.log,
-                    vcpu = self.index,
-                    "unexpected virtual timer exit with the in-kernel GIC; unmasking the timer"
-                );
-                self.vcpu.set_vtimer_mask(false).map_err(framework(
-                    "unmasking the virtual timer (hv_vcpu_set_vtimer_mask)",
-                ))?;
+                self.vtimer_activated()?;
                 Ok(VcpuExit::Continue)
             }
             ExitReason::UNKNOWN => Err(HvError::Unhandled(

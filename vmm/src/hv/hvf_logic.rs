@@ -558,6 +558,62 @@ pub enum GicLayoutError {
         /// The next device.
         limit: u64,
     },
+    /// The framework placed a vCPU's redistributor outside the frames the device tree says.
+    #[error(
+        "Hypervisor.framework put vCPU {vcpu}'s GIC redistributor at {reported:#x}, but the device tree tells the guest the redistributors are the {stride:#x}-byte frames from {start:#x} to {end:#x}",
+        stride = layout::GIC_REDIST_SIZE_PER_VCPU
+    )]
+    RedistributorPlacement {
+        /// The vCPU.
+        vcpu: usize,
+        /// `hv_gic_get_redistributor_base`.
+        reported: u64,
+        /// The device tree's first frame.
+        start: u64,
+        /// The end (exclusive) of the device tree's frames.
+        end: u64,
+    },
+    /// Two vCPUs got the same redistributor.
+    #[error(
+        "Hypervisor.framework gave vCPU {vcpu} the GIC redistributor at {reported:#x}, which vCPU {other} already has"
+    )]
+    RedistributorShared {
+        /// The vCPU.
+        vcpu: usize,
+        /// The other vCPU.
+        other: usize,
+        /// `hv_gic_get_redistributor_base`.
+        reported: u64,
+    },
+    /// The distributor is not the frame the device tree describes.
+    #[error(
+        "Hypervisor.framework's GIC distributor is {size:#x} bytes, but the device tree describes {expected:#x} bytes at {base:#x}",
+        base = layout::GIC_DIST_BASE
+    )]
+    DistributorSize {
+        /// `hv_gic_get_distributor_size`.
+        size: u64,
+        /// The device tree's size.
+        expected: u64,
+    },
+    /// A GIC region overlaps another device or RAM.
+    #[error(
+        "Hypervisor.framework's {gic} {gic_start:#x}..{gic_end:#x} overlaps the {device} {device_start:#x}..{device_end:#x}"
+    )]
+    Overlap {
+        /// Which GIC region.
+        gic: &'static str,
+        /// Its start.
+        gic_start: u64,
+        /// Its end (exclusive).
+        gic_end: u64,
+        /// Which device.
+        device: &'static str,
+        /// Its start.
+        device_start: u64,
+        /// Its end (exclusive).
+        device_end: u64,
+    },
     /// The SPIs the devices use are outside the framework's SPI range.
     #[error(
         "the devices use GIC INTIDs {first}..={last} but Hypervisor.framework's SPIs are {base}..{end}"
@@ -641,17 +697,308 @@ pub fn check_gic_layout(
     Ok(())
 }
 
-/// Whether the framework's whole redistributor region (sized for every vCPU it supports, not
-/// only those created) would reach into the UART's window. Only worth a warning: whether the
-/// framework decodes redistributors of vCPUs that do not exist is not documented.
-pub fn redistributor_region_overlaps_uart(limits: &GicLimits) -> bool {
-    layout::GIC_REDIST_BASE.saturating_add(limits.redistributor_region_size) > layout::UART_BASE
-}
-
 /// The intermediate physical address width needed to map guest memory ending at `end`
 /// (exclusive): the number of significant bits of `end - 1`.
 pub fn required_ipa_bits(end: u64) -> u32 {
     64 - end.saturating_sub(1).leading_zeros()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup order and placement checks
+// ---------------------------------------------------------------------------------------------
+
+/// The framework calls that create the VM and its GIC, in the order [`create_vm_with_gic`] makes
+/// them. The glue implements it with Hypervisor.framework; tests with a fake that records calls.
+pub trait GicSetup {
+    /// The created VM; dropping it destroys the VM.
+    type Vm;
+    /// `hv_vm_create` (with the IPA size the RAM needs).
+    fn create_vm(&mut self) -> Result<Self::Vm>;
+    /// The GIC geometry (`hv_gic_get_*`), read once the VM exists.
+    fn gic_limits(&mut self, vm: &Self::Vm) -> Result<GicLimits>;
+    /// `hv_gic_config_create`, `hv_gic_config_set_distributor_base`,
+    /// `hv_gic_config_set_redistributor_base`, `hv_gic_create`.
+    fn create_gic(
+        &mut self,
+        vm: &Self::Vm,
+        distributor_base: u64,
+        redistributor_base: u64,
+    ) -> Result<()>;
+}
+
+/// Creates the VM and then its GIC, in the order hv_gic.h asks for: `hv_gic_config_create`
+/// "Create the GIC configuration after the virtual machine has been created", and
+/// `hv_gic_create` "must only be called after a virtual machine has been created" and before any
+/// vCPU. The geometry is read and checked ([`check_gic_layout`], [`check_gic_regions`]) between
+/// the two, so that a GIC that does not fit the memory map is never configured; the VM is then
+/// dropped (destroyed) with the error.
+///
+/// # Errors
+///
+/// The first failing call, or the layout error ([`HvError::Call`] wrapping a
+/// [`GicLayoutError`]).
+pub fn create_vm_with_gic<S: GicSetup>(setup: &mut S, vcpus: usize) -> Result<(S::Vm, GicLimits)> {
+    let vm = setup.create_vm()?;
+    let limits = setup.gic_limits(&vm)?;
+    check_gic_layout(&limits, vcpus)
+        .and_then(|()| check_gic_regions(&limits))
+        .map_err(|e| HvError::call("checking the GIC geometry", io::Error::other(e)))?;
+    setup.create_gic(&vm, layout::GIC_DIST_BASE, layout::GIC_REDIST_BASE)?;
+    Ok((vm, limits))
+}
+
+/// The redistributor frames of a VM's vCPUs, as the framework reports them
+/// (`hv_gic_get_redistributor_base`, which hv_gic.h says "Must be called after the affinity of
+/// the given vCPU has been set in its MPIDR_EL1 register").
+///
+/// The device tree describes the redistributors as the [`layout::GIC_REDIST_SIZE_PER_VCPU`]
+/// frames from [`layout::GIC_REDIST_BASE`], one per vCPU; the guest finds its own frame in that
+/// range by the affinity in each frame's `GICR_TYPER`. So every vCPU's frame must be one of
+/// those frames, and no two vCPUs may share one. Which vCPU gets which frame is not checked:
+/// whether the framework hands frames out by affinity or by creation order (the vCPU threads
+/// create their vCPUs concurrently) is not documented, and the guest does not care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedistributorFrames {
+    owners: Vec<Option<usize>>,
+}
+
+impl RedistributorFrames {
+    /// The frames of a VM with `vcpus` vCPUs, none claimed yet.
+    pub fn new(vcpus: usize) -> Self {
+        Self {
+            owners: vec![None; vcpus],
+        }
+    }
+
+    /// Records that vCPU `vcpu` got the redistributor at `reported`.
+    ///
+    /// # Errors
+    ///
+    /// [`GicLayoutError::RedistributorPlacement`] (naming the address and the device tree's
+    /// range) when `reported` is not one of the frames; [`GicLayoutError::RedistributorShared`]
+    /// when another vCPU has it.
+    pub fn claim(&mut self, vcpu: usize, reported: u64) -> std::result::Result<(), GicLayoutError> {
+        let start = layout::GIC_REDIST_BASE;
+        let stride = layout::GIC_REDIST_SIZE_PER_VCPU;
+        let end = start.saturating_add(stride.saturating_mul(self.owners.len() as u64));
+        let slot = reported
+            .checked_sub(start)
+            .filter(|off| off % stride == 0)
+            .and_then(|off| usize::try_from(off / stride).ok())
+            .and_then(|i| self.owners.get_mut(i));
+        let Some(slot) = slot else {
+            return Err(GicLayoutError::RedistributorPlacement {
+                vcpu,
+                reported,
+                start,
+                end,
+            });
+        };
+        match *slot {
+            Some(other) if other != vcpu => Err(GicLayoutError::RedistributorShared {
+                vcpu,
+                other,
+                reported,
+            }),
+            _ => {
+                *slot = Some(vcpu);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A guest physical range `[start, start + len)` with a name, for overlap checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// What it is.
+    pub what: &'static str,
+    /// Guest physical start.
+    pub start: u64,
+    /// Size in bytes.
+    pub len: u64,
+}
+
+impl Region {
+    fn end(&self) -> u64 {
+        self.start.saturating_add(self.len)
+    }
+
+    fn overlaps(&self, other: &Region) -> bool {
+        self.start < other.end() && other.start < self.end()
+    }
+}
+
+/// The device windows of the memory map the GIC must stay clear of: the UART, every
+/// virtio-mmio slot, RAM.
+fn device_regions() -> [Region; 3] {
+    [
+        Region {
+            what: "UART",
+            start: layout::UART_BASE,
+            len: layout::UART_SIZE,
+        },
+        Region {
+            what: "virtio-mmio window",
+            start: layout::VIRTIO_MMIO_BASE,
+            len: layout::VIRTIO_MMIO_MAX_SLOTS as u64 * layout::VIRTIO_MMIO_SLOT_SIZE,
+        },
+        Region {
+            what: "RAM",
+            start: layout::RAM_BASE,
+            len: layout::RAM_MAX_SIZE,
+        },
+    ]
+}
+
+/// Checks that the framework's GIC regions are what the device tree describes and clear of every
+/// other device: the distributor is exactly the [`layout::GIC_DIST_SIZE`] frame at
+/// [`layout::GIC_DIST_BASE`], and neither it nor the whole redistributor region (hv_gic.h,
+/// `hv_gic_config_set_redistributor_base`: "The redistributor region will contain
+/// redistributors for all vCPUs supported by the virtual machine", so it is sized by
+/// `hv_gic_get_redistributor_region_size`, not by the vCPUs created) overlaps the UART, the
+/// virtio-mmio window or RAM. Whether the framework decodes the frames of vCPUs that do not
+/// exist is not documented; under the reading that it does, an overlap would hide a device from
+/// the guest, so it is refused.
+///
+/// # Errors
+///
+/// [`GicLayoutError::DistributorSize`] or [`GicLayoutError::Overlap`].
+pub fn check_gic_regions(limits: &GicLimits) -> std::result::Result<(), GicLayoutError> {
+    if limits.distributor_size != layout::GIC_DIST_SIZE {
+        return Err(GicLayoutError::DistributorSize {
+            size: limits.distributor_size,
+            expected: layout::GIC_DIST_SIZE,
+        });
+    }
+    let gic = [
+        Region {
+            what: "GIC distributor",
+            start: layout::GIC_DIST_BASE,
+            len: limits.distributor_size,
+        },
+        Region {
+            what: "GIC redistributor region",
+            start: layout::GIC_REDIST_BASE,
+            len: limits.redistributor_region_size,
+        },
+    ];
+    for g in &gic {
+        for d in &device_regions() {
+            if g.overlaps(d) {
+                return Err(GicLayoutError::Overlap {
+                    gic: g.what,
+                    gic_start: g.start,
+                    gic_end: g.end(),
+                    device: d.what,
+                    device_start: d.start,
+                    device_end: d.end(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The virtual timer
+// ---------------------------------------------------------------------------------------------
+
+/// `CNTV_CTL_EL0.ISTATUS`: the timer condition is met.
+const CNTV_CTL_ISTATUS: u64 = 1 << 2;
+
+/// Whether the virtual timer drives its interrupt: enabled, not masked, condition met
+/// (Arm ARM, `CNTV_CTL_EL0`).
+pub fn vtimer_asserted(cntv_ctl: u64) -> bool {
+    cntv_ctl & (CNTV_CTL_ENABLE | CNTV_CTL_IMASK | CNTV_CTL_ISTATUS)
+        == CNTV_CTL_ENABLE | CNTV_CTL_ISTATUS
+}
+
+/// The vTimer mask of one vCPU, as Hypervisor.framework documents it.
+///
+/// hv_vcpu.h / `hv_vcpu_set_vtimer_mask`: after `hv_vcpu_run` returns
+/// `HV_EXIT_REASON_VTIMER_ACTIVATED` "the timer is masked automatically. The vCPU won't exit
+/// with this reason again until the mask is cleared"; the caller "needs to make the interrupts
+/// to the vTimer pending in the guest's virtual interrupt controller. It also needs to detect
+/// when the guest has serviced this interrupt."
+///
+/// So: on the exit, make the timer PPI pending ([`VtimerMask::on_activated`] returns its INTID)
+/// and keep the mask; before each later run, [`VtimerMask::before_run`] says to unmask only
+/// once the guest has dealt with the timer (`CNTV_CTL_EL0` shows it disabled, masked, or its
+/// condition no longer met). Unmasking while the condition holds would exit again at once: a
+/// busy loop of exits with nothing delivered.
+///
+/// With the in-kernel GIC (`hv_gic_create`) the framework should deliver the timer itself and
+/// this exit should not come (QEMU's HVF backend treats it as impossible there); if it does, the
+/// same rule applies and the PPI is made pending in the in-kernel GIC's redistributor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtimerMask {
+    masked: bool,
+}
+
+impl VtimerMask {
+    /// A VTIMER_ACTIVATED exit arrived: the framework masked the timer. Returns the INTID to
+    /// make pending for this vCPU (the virtual timer's PPI, 27).
+    pub fn on_activated(&mut self) -> u32 {
+        self.masked = true;
+        layout::ppi_to_intid(layout::TIMER_VIRT_PPI)
+    }
+
+    /// Whether the framework's mask is set (by an earlier exit, not yet cleared).
+    pub fn is_masked(&self) -> bool {
+        self.masked
+    }
+
+    /// Before running the vCPU, with its `CNTV_CTL_EL0`: `true` when the mask is to be cleared
+    /// now (`hv_vcpu_set_vtimer_mask(vcpu, false)`), which this records.
+    pub fn before_run(&mut self, cntv_ctl: u64) -> bool {
+        if self.masked && !vtimer_asserted(cntv_ctl) {
+            self.masked = false;
+            return true;
+        }
+        false
+    }
+}
+
+/// The virtual counter of the whole VM: one `hv_vcpu_set_vtimer_offset` value, taken once when
+/// the VM is created and set on every vCPU, so that vCPUs created at different times on
+/// different threads read the same `CNTVCT_EL0` (QEMU's HVF backend does the same). The guest's
+/// count is the host's `CNTVCT_EL0` minus the offset, so it starts at zero with the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmClock {
+    offset: u64,
+}
+
+/// The one timer call a vCPU needs at creation.
+pub trait VcpuTimer {
+    /// `hv_vcpu_set_vtimer_offset`.
+    fn set_vtimer_offset(&self, offset: u64) -> Result<()>;
+}
+
+impl VmClock {
+    /// The clock of a VM created when the host counter read `host_count`.
+    pub fn new(host_count: u64) -> Self {
+        Self { offset: host_count }
+    }
+
+    /// The offset every vCPU gets.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The guest's virtual count when the host's reads `host_count`.
+    pub fn guest_count(&self, host_count: u64) -> u64 {
+        host_count.wrapping_sub(self.offset)
+    }
+
+    /// Gives a new vCPU the VM's offset.
+    ///
+    /// # Errors
+    ///
+    /// The framework's.
+    pub fn init_vcpu(&self, vcpu: &impl VcpuTimer) -> Result<()> {
+        vcpu.set_vtimer_offset(self.offset)
+    }
 }
 
 #[cfg(test)]
@@ -1334,17 +1681,300 @@ mod tests {
     }
 
     #[test]
-    fn region_for_64_vcpus_stays_below_the_uart() {
-        assert!(!redistributor_region_overlaps_uart(&limits()));
+    fn region_for_64_vcpus_is_clear_of_every_device() {
+        assert_eq!(check_gic_regions(&limits()), Ok(()));
     }
 
     #[test]
-    fn region_for_many_vcpus_reaches_the_uart() {
+    fn redistributor_region_reaching_the_uart_is_refused_naming_both_ranges() {
         let l = GicLimits {
             redistributor_region_size: 0x2_0000 * 256,
             ..limits()
         };
-        assert!(redistributor_region_overlaps_uart(&l));
+        let err = check_gic_regions(&l).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GicLayoutError::Overlap {
+                    gic: "GIC redistributor region",
+                    device: "UART",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("0x80a0000") && msg.contains("0x9000000"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn region_overlap_is_found_for_every_device_window() {
+        // A redistributor region is contiguous from its base, so the UART is met first; the
+        // windows after it are checked as well.
+        for (start, device) in [
+            (layout::UART_BASE + 0x10, "UART"),
+            (layout::VIRTIO_MMIO_BASE + 0x1000, "virtio-mmio window"),
+            (layout::RAM_BASE + (1 << 30), "RAM"),
+        ] {
+            let gic = Region {
+                what: "g",
+                start,
+                len: 0x10,
+            };
+            let hit: Vec<_> = device_regions()
+                .into_iter()
+                .filter(|d| gic.overlaps(d))
+                .map(|d| d.what)
+                .collect();
+            assert_eq!(hit, [device]);
+        }
+        let clear = Region {
+            what: "g",
+            start: layout::UART_BASE + layout::UART_SIZE,
+            len: 0x1000,
+        };
+        assert!(!device_regions().iter().any(|d| clear.overlaps(d)));
+    }
+
+    #[test]
+    fn distributor_other_than_the_device_tree_frame_is_refused() {
+        let l = GicLimits {
+            distributor_size: 0x2_0000,
+            ..limits()
+        };
+        let err = check_gic_regions(&l).unwrap_err();
+        assert_eq!(
+            err,
+            GicLayoutError::DistributorSize {
+                size: 0x2_0000,
+                expected: layout::GIC_DIST_SIZE
+            }
+        );
+        assert!(err.to_string().contains("0x8000000"), "{err}");
+    }
+
+    #[test]
+    fn redistributors_in_the_device_tree_frames_are_accepted_in_any_order() {
+        let mut frames = RedistributorFrames::new(3);
+        // vCPU 2 created first, by another thread, and given the first frame.
+        assert_eq!(frames.claim(2, 0x080A_0000), Ok(()));
+        assert_eq!(frames.claim(0, 0x080A_0000 + 2 * 0x2_0000), Ok(()));
+        assert_eq!(frames.claim(1, 0x080C_0000), Ok(()));
+    }
+
+    #[test]
+    fn redistributor_outside_the_device_tree_frames_is_refused_naming_both_addresses() {
+        for reported in [
+            0x080A_0000 + 2 * 0x2_0000, // the frame of a third vCPU the guest is not told of
+            0x0809_0000,                // below the region
+            0x080A_1000,                // inside, not on a frame boundary
+            0,
+        ] {
+            let err = RedistributorFrames::new(2).claim(1, reported).unwrap_err();
+            assert_eq!(
+                err,
+                GicLayoutError::RedistributorPlacement {
+                    vcpu: 1,
+                    reported,
+                    start: 0x080A_0000,
+                    end: 0x080E_0000
+                }
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{reported:#x}")) && msg.contains("0x80a0000"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_redistributor_for_two_vcpus_is_refused() {
+        let mut frames = RedistributorFrames::new(2);
+        frames.claim(0, 0x080A_0000).unwrap();
+        assert_eq!(
+            frames.claim(1, 0x080A_0000),
+            Err(GicLayoutError::RedistributorShared {
+                vcpu: 1,
+                other: 0,
+                reported: 0x080A_0000
+            })
+        );
+    }
+
+    // ---- setup order -------------------------------------------------------------------------
+
+    /// Records the framework calls in order.
+    struct FakeSetup {
+        calls: Vec<String>,
+        limits: GicLimits,
+        fail_vm: bool,
+        vm_alive: Arc<Mutex<bool>>,
+    }
+
+    struct FakeSetupVm(Arc<Mutex<bool>>);
+
+    impl Drop for FakeSetupVm {
+        fn drop(&mut self) {
+            *lock(&self.0) = false;
+        }
+    }
+
+    impl FakeSetup {
+        fn new(limits: GicLimits) -> Self {
+            Self {
+                calls: Vec::new(),
+                limits,
+                fail_vm: false,
+                vm_alive: Arc::new(Mutex::new(false)),
+            }
+        }
+    }
+
+    impl GicSetup for FakeSetup {
+        type Vm = FakeSetupVm;
+        fn create_vm(&mut self) -> Result<FakeSetupVm> {
+            self.calls.push("hv_vm_create".into());
+            if self.fail_vm {
+                return Err(HvError::Unhandled("denied".into()));
+            }
+            *lock(&self.vm_alive) = true;
+            Ok(FakeSetupVm(Arc::clone(&self.vm_alive)))
+        }
+        fn gic_limits(&mut self, _vm: &FakeSetupVm) -> Result<GicLimits> {
+            assert!(*lock(&self.vm_alive), "GIC geometry read without a VM");
+            self.calls.push("hv_gic_get_*".into());
+            Ok(self.limits)
+        }
+        fn create_gic(&mut self, _vm: &FakeSetupVm, dist: u64, redist: u64) -> Result<()> {
+            assert!(*lock(&self.vm_alive), "GIC configured without a VM");
+            self.calls
+                .push(format!("hv_gic_create({dist:#x}, {redist:#x})"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_vm_is_created_before_the_gic_is_configured() {
+        let mut setup = FakeSetup::new(limits());
+        let (vm, got) = create_vm_with_gic(&mut setup, 2).unwrap();
+        assert_eq!(got, limits());
+        assert_eq!(
+            setup.calls,
+            [
+                "hv_vm_create",
+                "hv_gic_get_*",
+                "hv_gic_create(0x8000000, 0x80a0000)"
+            ]
+        );
+        drop(vm);
+    }
+
+    #[test]
+    fn no_gic_is_configured_when_the_vm_cannot_be_created() {
+        let mut setup = FakeSetup::new(limits());
+        setup.fail_vm = true;
+        assert!(create_vm_with_gic(&mut setup, 1).is_err());
+        assert_eq!(setup.calls, ["hv_vm_create"]);
+    }
+
+    #[test]
+    fn a_gic_that_does_not_fit_is_never_created_and_the_vm_is_destroyed() {
+        let mut setup = FakeSetup::new(GicLimits {
+            redistributor_region_size: 0x2_0000 * 256,
+            ..limits()
+        });
+        let err = create_vm_with_gic(&mut setup, 1).err().unwrap();
+        assert!(err.to_string().contains("GIC geometry"), "{err}");
+        assert_eq!(setup.calls, ["hv_vm_create", "hv_gic_get_*"]);
+        assert!(!*lock(&setup.vm_alive), "the VM outlived the error");
+    }
+
+    // ---- virtual timer -----------------------------------------------------------------------
+
+    const ENABLE: u64 = 1;
+    const IMASK: u64 = 2;
+    const ISTATUS: u64 = 4;
+
+    #[test]
+    fn an_activated_timer_makes_the_virtual_timer_ppi_pending() {
+        let mut m = VtimerMask::default();
+        assert!(!m.is_masked());
+        assert_eq!(m.on_activated(), 27);
+        assert!(m.is_masked());
+    }
+
+    #[test]
+    fn the_timer_stays_masked_while_its_condition_holds() {
+        let mut m = VtimerMask::default();
+        m.on_activated();
+        // The guest has not dealt with it yet: unmasking now would exit again at once.
+        for _ in 0..3 {
+            assert!(!m.before_run(ENABLE | ISTATUS));
+            assert!(m.is_masked());
+        }
+    }
+
+    #[test]
+    fn the_timer_is_unmasked_once_the_guest_dealt_with_it() {
+        for ctl in [ENABLE, ENABLE | IMASK | ISTATUS, ISTATUS, 0] {
+            let mut m = VtimerMask::default();
+            m.on_activated();
+            assert!(m.before_run(ctl), "CNTV_CTL_EL0 {ctl:#x}");
+            assert!(!m.is_masked());
+            // Once: the mask is cleared a single time.
+            assert!(!m.before_run(ctl));
+        }
+    }
+
+    #[test]
+    fn an_unmasked_timer_is_left_alone() {
+        let mut m = VtimerMask::default();
+        assert!(!m.before_run(ENABLE | ISTATUS));
+        assert!(!m.before_run(ENABLE));
+    }
+
+    #[test]
+    fn timer_asserts_only_enabled_unmasked_and_met() {
+        assert!(vtimer_asserted(ENABLE | ISTATUS));
+        assert!(!vtimer_asserted(ENABLE | IMASK | ISTATUS));
+        assert!(!vtimer_asserted(ENABLE));
+        assert!(!vtimer_asserted(ISTATUS));
+    }
+
+    struct FakeTimer(Mutex<Vec<u64>>);
+
+    impl VcpuTimer for FakeTimer {
+        fn set_vtimer_offset(&self, offset: u64) -> Result<()> {
+            lock(&self.0).push(offset);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_vcpu_gets_the_offset_taken_at_vm_creation() {
+        let clock = VmClock::new(1_000);
+        let vcpus: Vec<FakeTimer> = (0..3).map(|_| FakeTimer(Mutex::new(Vec::new()))).collect();
+        // vCPUs are created later, on their own threads: the host counter has moved on.
+        for v in &vcpus {
+            thread::scope(|s| {
+                s.spawn(|| clock.init_vcpu(v).unwrap());
+            });
+        }
+        for v in &vcpus {
+            assert_eq!(*lock(&v.0), [1_000]);
+        }
+        assert_eq!(clock.offset(), 1_000);
+    }
+
+    #[test]
+    fn the_guest_counter_starts_at_zero_with_the_vm() {
+        let clock = VmClock::new(5_000);
+        assert_eq!(clock.guest_count(5_000), 0);
+        assert_eq!(clock.guest_count(5_240), 240);
     }
 
     #[test]

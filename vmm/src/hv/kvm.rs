@@ -12,7 +12,9 @@
 //! the VMM and comes up through the VMM's CPU_ON, reset with `KVM_ARM_VCPU_INIT` first. On older
 //! kernels KVM's own PSCI answers (secondaries start powered off inside the kernel).
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +28,7 @@ use kvm_bindings::{
     KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_HYPERCALL_EXIT_SMC, KVM_REG_ARM_CORE, KVM_REG_ARM64,
     KVM_REG_SIZE_U64, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
     KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST, kvm_create_device, kvm_device_attr,
-    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_smccc_filter,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, kvm_run, kvm_smccc_filter,
     kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER, kvm_userspace_memory_region,
     kvm_vcpu_init,
 };
@@ -36,13 +38,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
 use super::{HvError, Result, Vcpu, VcpuExit, Vm};
-use crate::arch::aarch64::{cold, layout};
+use crate::arch::aarch64::{PSTATE_EL1H_DAIF, cold, layout};
 
 /// The number of interrupts the vGIC is configured with: 32 private + 96 SPIs (a multiple of 32).
 const GIC_NR_IRQS: u32 = 128;
-
-/// `PSTATE` for the boot vCPU: EL1h with D, A, I and F masked (booting.rst).
-const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
 /// Register IDs of the core registers (`struct kvm_regs`): x0 at offset 0, pc at 256, pstate at
 /// 264, counted in 32-bit words.
@@ -64,17 +63,35 @@ const REG_MPIDR_EL1: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | 0x0013_0000 | (3 <
 /// KVM, which reserves them (vm.rst: 0x8000_0000-0x8000_ffff and 0xc000_0000-0xc000_ffff).
 const PSCI_RANGES: [(u32, u32); 2] = [(0x8400_0000, 0x20), (0xc400_0000, 0x20)];
 
-/// Marks the vCPU threads' kick signal as handled (doing nothing), so that it interrupts
-/// `KVM_RUN` with `EINTR` instead of killing the process.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs (null when none), for [`kick_handler`].
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The vCPU threads' kick signal: sets `immediate_exit` in this thread's `kvm_run`.
+///
+/// KVM reads `kvm_run.immediate_exit` once as `KVM_RUN` starts and, when it is non-zero,
+/// returns `EINTR` without entering the guest (api.rst, "immediate_exit"). So a kick that lands
+/// after the thread checked `stopping` but before it entered `KVM_RUN` is not lost: that
+/// `KVM_RUN` returns at once. A kick during `KVM_RUN` interrupts it with `EINTR`.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's vCPU's `kvm_run` mapping, set by `create_vcpu` on this
+        // thread and cleared by `KvmVcpu::drop` (on this thread) before the mapping goes away.
+        // A one-byte volatile store is async-signal-safe, and the vCPU code holds no Rust
+        // reference to `kvm_run` outside `KVM_RUN`'s return path.
+        unsafe { ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
 
 /// The shared part of the VM, also reachable from the vCPU threads.
 #[derive(Debug)]
 struct Shared {
     vm: VmFd,
     stopping: AtomicBool,
-    /// Threads running vCPUs, to kick them out of KVM_RUN.
-    threads: Mutex<Vec<libc::pthread_t>>,
+    /// Threads running vCPUs, to kick them out of KVM_RUN: `(vCPU index, thread)`.
+    threads: Mutex<Vec<(usize, libc::pthread_t)>>,
     /// Eventfds registered with KVM (dups of our notifiers' descriptors), kept alive.
     eventfds: Mutex<Vec<EventFd>>,
     /// The `KVM_ARM_VCPU_INIT` argument every vCPU got (without `KVM_ARM_VCPU_POWER_OFF`),
@@ -82,6 +99,9 @@ struct Shared {
     init: kvm_vcpu_init,
     /// PSCI calls come to the VMM (the kernel took the SMCCC filter).
     vmm_psci: bool,
+    /// The guest memory the VM's slots point at: kept as long as the VM or any vCPU exists
+    /// (vCPUs hold this `Shared`), and dropped after `vm` (fields drop in order).
+    _mem: GuestMemory,
 }
 
 /// A KVM virtual machine.
@@ -199,8 +219,8 @@ impl KvmVm {
                 memory_size: region.len(),
                 userspace_addr: host as u64,
             };
-            // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`, which the
-            // caller keeps alive for the life of the VM (the machine holds both).
+            // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`; the VM
+            // keeps a clone of `mem` in `Shared`, which outlives the VM fd and every vCPU.
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -297,6 +317,7 @@ impl KvmVm {
                 eventfds: Mutex::new(Vec::new()),
                 init,
                 vmm_psci,
+                _mem: mem.clone(),
             }),
             _gic: gic,
             seeds,
@@ -340,14 +361,16 @@ impl Vm for KvmVm {
             .collect()
     }
 
-    fn create_vcpu(&self, (index, fd): Self::VcpuSeed) -> Result<KvmVcpu> {
+    fn create_vcpu(&self, (index, mut fd): Self::VcpuSeed) -> Result<KvmVcpu> {
+        let run: *mut kvm_run = fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run));
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         self.shared
             .threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(me);
+            .push((index, me));
         Ok(KvmVcpu {
             fd,
             shared: Arc::clone(&self.shared),
@@ -390,21 +413,35 @@ impl Vm for KvmVm {
         Ok(true)
     }
 
+    /// Sets `stopping`, then signals every vCPU thread once: the handler sets `immediate_exit`,
+    /// so each vCPU leaves `KVM_RUN` or does not enter it again ([`kick_handler`]). One kick is
+    /// enough; nothing is retried.
     fn stop_vcpus(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let threads = self
             .shared
             .threads
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for t in threads {
-            // SAFETY: the thread ids were recorded by live vCPU threads; a signal to a thread
-            // that has exited is harmless to the process (ESRCH), and the handler does nothing.
+            .unwrap_or_else(|e| e.into_inner());
+        for &(_, t) in threads.iter() {
+            // SAFETY: a thread is in the list only while its `KvmVcpu` exists (its `Drop`
+            // removes it under this lock before the thread can end), so `t` names a live thread.
             unsafe {
                 libc::pthread_kill(t, SIGRTMIN());
             }
         }
+    }
+}
+
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Runs on the vCPU's own thread (`KvmVcpu` is created there and not sent elsewhere).
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&(index, _)| index != self.index);
+        KVM_RUN.with(|r| r.set(ptr::null_mut()));
     }
 }
 

@@ -153,6 +153,13 @@ pub trait Vm: Send + Sync + 'static {
 
     /// Makes every vCPU return [`VcpuExit::Stopped`] soon (power-off, reset, Ctrl-A x).
     fn stop_vcpus(&self);
+
+    /// How often [`Vm::stop_vcpus`] must be repeated until every vCPU thread ended: `None` when
+    /// one call stops every vCPU, whatever it was doing (KVM's `immediate_exit`); an interval
+    /// for a hypervisor where a stop request can miss a vCPU about to enter the guest.
+    fn stop_retry_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The hypervisor layer of a host without a backend: creating the VM fails with

@@ -7,16 +7,10 @@ use std::time::Duration;
 
 use crate::event::{Event, Token, timeout_ms};
 
+use super::cvt;
+
 /// Set once `epoll_pwait2` (Linux 5.11) turned out to be missing.
 static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 #[derive(Debug)]
 pub struct Notifier {

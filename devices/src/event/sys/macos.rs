@@ -11,16 +11,10 @@ use std::time::Duration;
 
 use crate::event::{Event, Token};
 
+use super::cvt;
+
 /// The identifier of the one user event of a notifier's kqueue.
 const USER_IDENT: libc::uintptr_t = 1;
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 fn new_kqueue() -> io::Result<OwnedFd> {
     // SAFETY: kqueue takes no arguments; the descriptor is checked and owned below.

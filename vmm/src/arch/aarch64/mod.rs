@@ -22,3 +22,7 @@ pub mod image;
 pub mod layout;
 pub mod placement;
 pub mod psci;
+
+/// `PSTATE` (`CPSR`) a vCPU enters the kernel with: EL1h (M = 0b0101) with D, A, I and F
+/// masked (booting.rst). Both backends write it; the registers `x1`..`x3` are zero.
+pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
