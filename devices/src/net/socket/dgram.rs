@@ -18,6 +18,11 @@
 //! (`ECONNREFUSED` and the like) takes the link down; a backend connected to a path tries to
 //! reach it again at most once a second while the guest sends, so a restarted helper brings
 //! the link back up.
+//!
+//! Listening ([`DgramBackend::listen`]) binds the socket at a path and links with the first
+//! peer that sends to it (another VMM's `dgram:PATH`, whose hello makes it known at once): two
+//! VMs linked without root and without a helper. The link is down until a peer is known, and
+//! again after it went away, until the next one sends.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -54,6 +59,8 @@ pub struct DgramBackend {
     local: Option<PathBuf>,
     hello: bool,
     up: bool,
+    /// Listening at `local` for the next peer to send.
+    awaiting_peer: bool,
     last_reconnect: Option<Instant>,
     stats: Arc<SocketStats>,
     log: RateLimit,
@@ -100,6 +107,106 @@ impl DgramBackend {
         Ok(b)
     }
 
+    /// Binds a socket at `path` and links with the first peer that sends to it; until then the
+    /// link is down. A socket file left at `path` by a process that is gone is replaced; a
+    /// path in use, or that is not a socket, is refused.
+    pub fn listen(path: &Path, opts: SocketOptions) -> Result<Self, SocketError> {
+        use std::os::unix::fs::FileTypeExt;
+        let (addr, len) = super::unix_addr(path)?;
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                return Err(SocketError::NotASocketPath {
+                    path: path.to_owned(),
+                });
+            }
+            let probe = super::new_socket(Kind::Dgram).map_err(super::io_err("socket"))?;
+            match super::connect_path(probe.as_fd(), path, Kind::Dgram) {
+                Err(SocketError::Refused { .. }) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                _ => {
+                    return Err(SocketError::InUse {
+                        path: path.to_owned(),
+                    });
+                }
+            }
+        }
+        let sock = super::new_socket(Kind::Dgram).map_err(super::io_err("socket"))?;
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes that outlives the call.
+        if unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EACCES) {
+                SocketError::Permission {
+                    path: path.to_owned(),
+                }
+            } else {
+                SocketError::Io {
+                    what: "binding the listening path",
+                    source: e,
+                }
+            });
+        }
+        let mut b = Self::new(sock, opts, Some(path.to_owned()))?;
+        b.up = false;
+        b.awaiting_peer = true;
+        Ok(b)
+    }
+
+    /// Receives one datagram into `frame` from whoever sends, and links with the sender.
+    fn accept_peer(&mut self, frame: &mut RxFrame<'_, '_>) -> io::Result<usize> {
+        let mut iovs = Vec::with_capacity(frame.bufs.len());
+        let mut msgs = messages(std::iter::once(frame.bufs), &mut iovs);
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        #[cfg(target_os = "linux")]
+        let h = &mut msgs[0].msg_hdr;
+        #[cfg(not(target_os = "linux"))]
+        let h = &mut msgs[0];
+        h.msg_name = (&raw mut from).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: the message points to iovecs over guest memory checked against the memory
+        // map and borrowed for the call, and to `from`, sized as said; the kernel writes at
+        // most that much to each.
+        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &raw mut *h, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if congested(&e) || e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let cut = h.msg_flags & libc::MSG_TRUNC != 0;
+        let namelen = h.msg_namelen;
+        drop(msgs);
+        let family = std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t;
+        if namelen <= family {
+            warn_limited!(
+                self.log,
+                "network datagram socket: a datagram from an unbound socket, which cannot be answered, was dropped"
+            );
+            frame.len = 0;
+            return Ok(1);
+        }
+        // SAFETY: `from` holds the sender's address of `namelen` bytes, as the kernel wrote it.
+        if unsafe { libc::connect(self.sock.as_raw_fd(), (&raw const from).cast(), namelen) } < 0 {
+            let e = io::Error::last_os_error();
+            warn_limited!(self.log, error = %e, "network datagram socket: cannot link with the sender");
+            frame.len = 0;
+            return Ok(1);
+        }
+        self.awaiting_peer = false;
+        self.up = true;
+        bump(&self.stats.reconnects, 1);
+        tracing::info!("network datagram socket: a peer linked; the link is up");
+        let n = n as usize;
+        // The peer's hello is no frame.
+        let hello = n == VFKIT_HELLO.len()
+            && super::read_guest(frame.bufs, n).as_slice() == VFKIT_HELLO.as_slice();
+        frame.len = if cut || hello { 0 } else { n };
+        Ok(1)
+    }
+
     /// Takes a connected datagram socket (one end of a `socketpair`, or a descriptor inherited
     /// from the process that started the VMM).
     pub fn from_fd(sock: OwnedFd, opts: SocketOptions) -> Result<Self, SocketError> {
@@ -118,6 +225,7 @@ impl DgramBackend {
             local,
             hello: false,
             up: true,
+            awaiting_peer: false,
             last_reconnect: None,
             stats: Arc::default(),
             log: RateLimit::new(Duration::from_secs(5), 5),
@@ -162,6 +270,20 @@ impl DgramBackend {
             self.up = false;
             bump(&self.stats.disconnects, 1);
             tracing::warn!(error = %e, "network datagram socket: the peer is gone; the link is down");
+        }
+        if self.peer.is_none() && self.local.is_some() && !self.awaiting_peer {
+            // Listening: forget the peer (connect to AF_UNSPEC) and wait for the next one.
+            // SAFETY: sockaddr is plain data; all zeroes is AF_UNSPEC.
+            let unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid sockaddr of the size passed.
+            unsafe {
+                libc::connect(
+                    self.sock.as_raw_fd(),
+                    &raw const unspec,
+                    std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+                )
+            };
+            self.awaiting_peer = true;
         }
     }
 
@@ -383,6 +505,18 @@ impl Backend for DgramBackend {
     }
 
     fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {
+        if self.awaiting_peer {
+            match frames.first_mut() {
+                Some(f) => {
+                    let n = self.accept_peer(f)?;
+                    if n == 0 || self.awaiting_peer {
+                        return Ok(n);
+                    }
+                    return Ok(n + self.recv(&mut frames[1..])?);
+                }
+                None => return Ok(0),
+            }
+        }
         let mut iovs = Vec::with_capacity(frames.len() * 2);
         let mut msgs = messages(frames.iter().map(|f| f.bufs), &mut iovs);
         let mut lens = Vec::with_capacity(frames.len());
@@ -420,6 +554,9 @@ impl Backend for DgramBackend {
 
     fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
         if !self.up {
+            if self.awaiting_peer {
+                return Ok(0);
+            }
             self.try_reconnect();
             if !self.up {
                 return Ok(0);

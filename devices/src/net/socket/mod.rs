@@ -161,6 +161,12 @@ pub enum SocketError {
         /// The other form.
         other: &'static str,
     },
+    /// Another process listens at the path already.
+    #[error("{path:?} is in use by another process: choose another path, or stop that process")]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
     /// Not allowed to reach the path.
     #[error(
         "not allowed to connect to {path:?}: check the permissions of the socket and its directory"

@@ -246,3 +246,42 @@ fn bad_paths_and_descriptors_are_refused_with_what_to_do() {
         Err(SocketError::StdioFd { .. })
     ));
 }
+
+#[test]
+fn a_listener_links_with_the_first_peer_and_with_the_next_one_after_it_left() {
+    let mem = memory();
+    let path = temp_path("listen");
+    let o = SocketOptions::default();
+    let mut a = DgramBackend::listen(&path, o).unwrap();
+    assert!(!a.link_up(), "no peer yet: the link is down");
+    assert_eq!(send(&mut a, &mem, &[frame(60, 1)]), 0);
+    // A second listener at the same path is refused.
+    let e = DgramBackend::listen(&path, o).unwrap_err();
+    assert!(matches!(e, SocketError::InUse { .. }), "{e}");
+    for round in 0..2u8 {
+        let mut b = DgramBackend::connect(&path, o, true).unwrap();
+        // The hello links the two; it is no frame for the guest.
+        assert_eq!(recv(&mut a, &mem, 4, 1600), vec![Vec::<u8>::new()]);
+        assert!(a.link_up());
+        let (x, y) = (frame(98, round), frame(1514, round + 10));
+        assert_eq!(send(&mut b, &mem, std::slice::from_ref(&x)), 1);
+        assert_eq!(recv(&mut a, &mem, 4, 1600), vec![x]);
+        assert_eq!(send(&mut a, &mem, std::slice::from_ref(&y)), 1);
+        assert_eq!(recv(&mut b, &mem, 4, 1600), vec![y]);
+        // The peer leaves: the listener notices on its next send and waits for another.
+        drop(b);
+        assert_eq!(send(&mut a, &mem, &[frame(60, 2)]), 0);
+        assert!(!a.link_up());
+    }
+    drop(a);
+    assert!(!path.exists(), "the listening path was not removed");
+}
+
+#[test]
+fn a_listener_replaces_a_socket_file_left_behind() {
+    let path = temp_path("stale");
+    drop(UnixDatagram::bind(&path).unwrap());
+    assert!(path.exists());
+    let a = DgramBackend::listen(&path, SocketOptions::default()).unwrap();
+    assert!(!a.link_up());
+}
