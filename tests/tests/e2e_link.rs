@@ -77,4 +77,8 @@ fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
             "VMM {name} did not exit 0; console in {log}"
         );
     }
+    assert!(
+        c.contains("LINK-EXIT socket_left=no"),
+        "the listening VMM left its socket file behind; console in {log}"
+    );
 }
