@@ -1,20 +1,27 @@
-//! VM to VM over a datagram socket, without TAP or bridge: inside the emulated arm64 host
-//! (`host.run=link`), two guests boot, each under its own vmm. VMM A listens at a socket path
-//! (`--net dgram-listen:`), VMM B connects to it (`--net dgram:PATH,vfkit`); each guest waits
-//! for the other and pings it, with no loss allowed.
+//! Guest to guest over a Unix socket, without TAP or bridge: inside the emulated arm64 host
+//! (`host.run=link`), guest A boots under our vmm and guest B under our vmm again or under
+//! Debian's qemu, linked by a socket. Our VMM to our VMM: A listens (`--net dgram-listen:`),
+//! B connects (`--net dgram:PATH,vfkit`). With qemu: `-netdev dgram` towards A's listening
+//! socket, and `-netdev stream` as the server A connects to (`--net stream:`). Each guest
+//! waits for the other and pings it, with no loss allowed.
 //!
-//! Needs what `e2e.rs` needs; without it the test prints `SKIPPED: ...` and returns.
+//! Needs what `e2e.rs` needs; without it the tests print `SKIPPED: ...` and return. The host
+//! image carries qemu (Debian's arm64 package, fetched with apt like the rest).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use firmware::{Layout, RunOptions, console};
+use firmware::{Layout, RunOptions, RunOutcome, console};
 
-/// The whole test, builds included.
+/// One test's builds and run.
 const OVERALL: Duration = Duration::from_secs(900);
 /// The run: two guests under TCG at once, each waiting for the other.
 const RUN: Duration = Duration::from_secs(420);
 
-/// The console lines of one VMM (prefixed `NAME: ` by the host), prefix removed.
+/// The tests build the same images: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The console lines of one side (prefixed `NAME: ` by the host), prefix removed.
 fn side(console: &str, name: &str) -> String {
     let prefix = format!("{name}: ");
     console
@@ -24,28 +31,33 @@ fn side(console: &str, name: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
-    if let Some(reason) = e2e::skip_reason() {
-        println!("SKIPPED: e2e_two_guests_linked_by_a_datagram_socket_ping_each_other: {reason}");
-        return;
-    }
-    let outcome = e2e::within("e2e_link", OVERALL, || {
+/// Builds the images (host with qemu) and runs `host.run=link` with guest B under `peer`.
+fn run_link(test: &'static str, peer: &'static str) -> RunOutcome {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    e2e::within(test, OVERALL, move || {
         let start = Instant::now();
         let layout = Layout::default_for_workspace();
         let vmm = firmware::build_vmm(&layout).expect("cross-build the vmm");
         let guest = firmware::build_guest(&layout).expect("build the guest images");
-        let host = firmware::build_host(&layout, Some(&vmm), &guest).expect("build the host");
+        let host =
+            firmware::build_host_with(&layout, Some(&vmm), &guest, true).expect("build the host");
         let opts = RunOptions {
             timeout: RUN.min(OVERALL.saturating_sub(start.elapsed() + Duration::from_secs(10))),
-            append: "host.run=link vmnet.count=10".into(),
+            append: format!("host.run=link host.link={peer} vmnet.count=10"),
             ..RunOptions::default()
         };
         firmware::run_host(&layout, &host, &opts).expect("run qemu")
-    });
+    })
+}
+
+/// Checks that both guests got every reply and both sides exited 0.
+fn check(outcome: &RunOutcome, peer: &str) {
     let c = &outcome.console;
     let log = outcome.log.display();
-    println!("e2e_link: whole run {:.1} s", outcome.elapsed.as_secs_f64());
+    println!(
+        "link {peer}: whole run {:.1} s",
+        outcome.elapsed.as_secs_f64()
+    );
     assert!(
         !outcome.timed_out,
         "the emulated host timed out; console in {log}"
@@ -55,7 +67,7 @@ fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
         "no /dev/kvm in the emulated host; console in {log}"
     );
     assert!(
-        c.contains("LINK-EXIT"),
+        c.contains(&format!("LINK-EXIT peer={peer} ")),
         "the link run did not finish; console in {log}"
     );
     for (name, mac) in [("A", "52:54:00:00:03:01"), ("B", "52:54:00:00:03:02")] {
@@ -66,7 +78,7 @@ fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
         );
         let r = console::vmnet_result(&s)
             .unwrap_or_else(|| panic!("guest {name} printed no VMNET-RESULT; console in {log}"));
-        println!("e2e_link: guest {name}: {r:?}");
+        println!("link {peer}: guest {name}: {r:?}");
         assert_eq!(r.status, "ok", "guest {name}: {r:?}; console in {log}");
         let sent = r.sent.expect("VMNET-RESULT has sent=");
         assert!(sent >= 10, "guest {name} sent only {sent} echo requests");
@@ -74,11 +86,45 @@ fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
         assert_eq!(
             console::vmm_exit_code(&s),
             Some(0),
-            "VMM {name} did not exit 0; console in {log}"
+            "side {name} did not exit 0; console in {log}"
         );
     }
+}
+
+#[test]
+fn e2e_two_guests_linked_by_a_datagram_socket_ping_each_other() {
+    let test = "e2e_two_guests_linked_by_a_datagram_socket_ping_each_other";
+    if let Some(reason) = e2e::skip_reason() {
+        println!("SKIPPED: {test}: {reason}");
+        return;
+    }
+    let outcome = run_link(test, "vmm");
+    check(&outcome, "vmm");
     assert!(
-        c.contains("LINK-EXIT socket_left=no"),
-        "the listening VMM left its socket file behind; console in {log}"
+        outcome
+            .console
+            .contains("LINK-EXIT peer=vmm socket_left=no"),
+        "the listening VMM left its socket file behind; console in {}",
+        outcome.log.display()
     );
+}
+
+#[test]
+fn e2e_a_guest_under_qemu_and_one_under_our_vmm_ping_each_other_over_dgram() {
+    let test = "e2e_a_guest_under_qemu_and_one_under_our_vmm_ping_each_other_over_dgram";
+    if let Some(reason) = e2e::skip_reason() {
+        println!("SKIPPED: {test}: {reason}");
+        return;
+    }
+    check(&run_link(test, "qemu-dgram"), "qemu-dgram");
+}
+
+#[test]
+fn e2e_our_vmm_connects_to_qemus_stream_server_and_the_guests_ping_each_other() {
+    let test = "e2e_our_vmm_connects_to_qemus_stream_server_and_the_guests_ping_each_other";
+    if let Some(reason) = e2e::skip_reason() {
+        println!("SKIPPED: {test}: {reason}");
+        return;
+    }
+    check(&run_link(test, "qemu-stream"), "qemu-stream");
 }
