@@ -6,7 +6,7 @@
 //! waits for the other and pings it, with no loss allowed.
 //!
 //! Needs what `e2e.rs` needs; without it the tests print `SKIPPED: ...` and return. The host
-//! image carries qemu (Debian's arm64 package, fetched with apt like the rest).
+//! image carries qemu and passt (Debian's arm64 packages, fetched with apt like the rest).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,8 +39,7 @@ fn run_link(test: &'static str, peer: &'static str) -> RunOutcome {
         let layout = Layout::default_for_workspace();
         let vmm = firmware::build_vmm(&layout).expect("cross-build the vmm");
         let guest = firmware::build_guest(&layout).expect("build the guest images");
-        let host =
-            firmware::build_host_with(&layout, Some(&vmm), &guest, true).expect("build the host");
+        let host = firmware::build_link_host(&layout, &vmm, &guest).expect("build the host");
         let opts = RunOptions {
             timeout: RUN.min(OVERALL.saturating_sub(start.elapsed() + Duration::from_secs(10))),
             append: format!("host.run=link host.link={peer} vmnet.count=10"),
@@ -52,6 +51,15 @@ fn run_link(test: &'static str, peer: &'static str) -> RunOutcome {
 
 /// Checks that both guests got every reply and both sides exited 0.
 fn check(outcome: &RunOutcome, peer: &str) {
+    check_sides(
+        outcome,
+        peer,
+        &[("A", "52:54:00:00:03:01"), ("B", "52:54:00:00:03:02")],
+    );
+}
+
+/// Checks that the guests of `sides` got every reply and their VMMs exited 0.
+fn check_sides(outcome: &RunOutcome, peer: &str, sides: &[(&str, &str)]) {
     let c = &outcome.console;
     let log = outcome.log.display();
     println!(
@@ -70,7 +78,7 @@ fn check(outcome: &RunOutcome, peer: &str) {
         c.contains(&format!("LINK-EXIT peer={peer} ")),
         "the link run did not finish; console in {log}"
     );
-    for (name, mac) in [("A", "52:54:00:00:03:01"), ("B", "52:54:00:00:03:02")] {
+    for &(name, mac) in sides {
         let s = side(c, name);
         assert!(
             s.contains(&format!("eth0 mac={mac}")),
@@ -127,4 +135,25 @@ fn e2e_our_vmm_connects_to_qemus_stream_server_and_the_guests_ping_each_other() 
         return;
     }
     check(&run_link(test, "qemu-stream"), "qemu-stream");
+}
+
+#[test]
+fn e2e_our_vmm_behind_passt_gets_dhcp_and_reaches_a_host_service() {
+    let test = "e2e_our_vmm_behind_passt_gets_dhcp_and_reaches_a_host_service";
+    if let Some(reason) = e2e::skip_reason() {
+        println!("SKIPPED: {test}: {reason}");
+        return;
+    }
+    let outcome = run_link(test, "passt");
+    check_sides(&outcome, "passt", &[("A", "52:54:00:00:03:01")]);
+    let a = side(&outcome.console, "A");
+    let log = outcome.log.display();
+    assert!(
+        a.contains("GUEST-DHCP address="),
+        "the guest took no address from passt's DHCP; console in {log}"
+    );
+    assert!(
+        a.contains("VMNET-TCP peer=") && a.contains(" got=PASST-TCP-OK"),
+        "the guest did not read the host service's line through passt; console in {log}"
+    );
 }
