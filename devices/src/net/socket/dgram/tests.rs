@@ -285,3 +285,26 @@ fn a_listener_replaces_a_socket_file_left_behind() {
     let a = DgramBackend::listen(&path, SocketOptions::default()).unwrap();
     assert!(!a.link_up());
 }
+
+#[test]
+fn a_frame_in_more_pieces_than_a_call_takes_is_dropped_not_cut() {
+    let mem = memory();
+    let (mut b, peer) = pair();
+    let (x, y) = (frame(60, 1), frame(70, 2));
+    let xs = slices(&mem, 0x1000, &[60]);
+    write(&xs, &x);
+    let pieces = slices(&mem, 0x2000, &vec![1; MAX_IOVECS + 1]);
+    let ys = slices(&mem, 0x4000, &[70]);
+    write(&ys, &y);
+    let frames = [
+        TxFrame { bufs: &xs },
+        TxFrame { bufs: &pieces },
+        TxFrame { bufs: &ys },
+    ];
+    assert_eq!(b.send(&frames).unwrap(), 3);
+    assert_eq!(b.stats().oversized.load(Ordering::Relaxed), 1);
+    assert_eq!(recv_peer(&peer), x);
+    assert_eq!(recv_peer(&peer), y);
+    peer.set_nonblocking(true).unwrap();
+    assert!(peer.recv(&mut [0u8; 2000]).is_err(), "a cut frame went out");
+}
