@@ -125,6 +125,13 @@ impl Poller {
         self.add(notifier.as_fd(), token)
     }
 
+    /// Adds (`on`) or drops interest in write readiness of a source registered with
+    /// [`add`](Self::add), reported under the same token and edge-style like read readiness: a
+    /// socket backend watches for room only while it holds bytes it could not send.
+    pub fn watch_writable(&self, fd: BorrowedFd<'_>, token: Token, on: bool) -> io::Result<()> {
+        self.inner.watch_writable(fd.as_raw_fd(), token, on)
+    }
+
     /// Stops watching `fd`.
     pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.inner.remove(fd.as_raw_fd())

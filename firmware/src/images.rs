@@ -25,6 +25,9 @@ const BUSYBOX_PACKAGE: &str = "busybox-static:arm64";
 const QEMU_PACKAGE: &str = "qemu-system-arm:arm64";
 /// Debian's arm64 iperf3 (with libiperf0), for `firmware bench` in the guest and the host.
 const IPERF3_PACKAGE: &str = "iperf3:arm64";
+/// Debian's arm64 passt, the user-mode network the `host.link=passt` run puts in front of a
+/// guest.
+const PASST_PACKAGE: &str = "passt:arm64";
 
 /// The guest's network modules. Their dependencies (`failover`, `net_failover`, and `virtio`,
 /// `virtio_ring` where a flavour builds those as modules) come from the modules' modinfo.
@@ -266,6 +269,25 @@ pub fn build_host_with(
     build_host_in(layout, &kernel, &layout.host_dir(), vmm, guest, &extras)
 }
 
+/// [`build_host_with`] qemu, plus Debian's arm64 `passt`: the host of the socket-link runs
+/// (`host.run=link`, every `host.link`).
+pub fn build_link_host(layout: &Layout, vmm: &Path, guest: &GuestImages) -> Result<HostImages> {
+    let kernel = prepare_kernel(layout, &DebSources::default())?;
+    let extras = HostExtras {
+        qemu: true,
+        passt: true,
+        ..HostExtras::default()
+    };
+    build_host_in(
+        layout,
+        &kernel,
+        &layout.host_dir(),
+        Some(vmm),
+        guest,
+        &extras,
+    )
+}
+
 /// What a host image carries beyond busybox, the LAN modules, the guest and the vmm.
 #[derive(Debug, Default)]
 struct HostExtras {
@@ -273,6 +295,8 @@ struct HostExtras {
     qemu: bool,
     /// Debian's arm64 `iperf3` and its libraries.
     iperf3: bool,
+    /// Debian's arm64 `passt` and its libraries.
+    passt: bool,
     /// More kernel modules (with their dependencies), loaded after the LAN modules.
     modules: &'static [&'static str],
 }
@@ -312,6 +336,12 @@ fn build_host_in(
         add_bundle(
             &mut fs,
             bundle::bundle(layout, QEMU_PACKAGE, "usr/bin/qemu-system-aarch64")?,
+        );
+    }
+    if extras.passt {
+        add_bundle(
+            &mut fs,
+            bundle::bundle(layout, PASST_PACKAGE, "usr/bin/passt")?,
         );
     }
     if extras.iperf3 {
@@ -379,6 +409,7 @@ pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
     let extras = HostExtras {
         qemu: true,
         iperf3: true,
+        passt: false,
         modules: BENCH_HOST_MODULES,
     };
     let host = build_host_in(

@@ -45,7 +45,7 @@ mod vmm;
 pub use console::{Marker, PingResult};
 pub use images::{
     BenchImages, DebSources, GuestImages, HostImages, build_bench_images, build_guest,
-    build_guest_from, build_host, build_host_with,
+    build_guest_from, build_host, build_host_with, build_link_host,
 };
 pub use initramfs::Initramfs;
 pub use lan::Lan;

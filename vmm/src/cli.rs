@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! vmm --kernel Image [--initrd initramfs.cpio.gz] [--cmdline "..."] [--memory 512M] [--cpus 1]
-//!     [--net tap:NAME | vmnet-shared | vmnet-host | vmnet-bridged:IFACE]... [--mac MAC]...
+//!     [--net tap:NAME | vmnet-shared | vmnet-host | vmnet-bridged:IFACE | stream:PATH
+//!            | dgram:PATH[,vfkit] | dgram-listen:PATH | fd:N,stream|dgram]... [--mac MAC]...
 //!     [--log-level warn]
 //! vmm check
 //! ```
@@ -79,9 +80,33 @@ pub enum CliError {
     },
     /// `--net` is not one of the known forms.
     #[error(
-        "'{0}' is not a network backend: use tap:NAME, vmnet-shared, vmnet-host or vmnet-bridged:IFACE"
+        "'{0}' is not a network backend: use tap:NAME, vmnet-shared, vmnet-host, vmnet-bridged:IFACE, stream:PATH, dgram:PATH[,vfkit], dgram-listen:PATH or fd:N,stream|dgram"
     )]
     NetFormat(String),
+    /// A socket backend without a path.
+    #[error("'{0}' needs the path of a Unix socket, e.g. {0}/tmp/helper.sock")]
+    NetSocketPath(String),
+    /// `fd:` not followed by a descriptor and a kind.
+    #[error(
+        "'{0}' is not a descriptor backend: write fd:N,stream or fd:N,dgram, N being an inherited socket (3 or above)"
+    )]
+    NetFdFormat(String),
+    /// An option of a socket backend that is unknown or does not apply.
+    #[error(
+        "'{option}' does not apply to '{spec}': stream takes mtu=N, dgram takes vfkit and mtu=N, dgram-listen and fd take mtu=N"
+    )]
+    NetOption {
+        /// The `--net` value.
+        spec: String,
+        /// The option.
+        option: String,
+    },
+    /// `mtu=` out of range.
+    #[error("'{0}' is not a usable MTU: give mtu=N with N from 68 to 65520")]
+    NetMtu(String),
+    /// The same descriptor given to two devices.
+    #[error("descriptor {0} is given to two network devices: give each fd: its own socket")]
+    DuplicateFd(i32),
     /// An interface name that the OS would refuse.
     #[error(
         "'{name}' is not a valid interface name: {reason} (names are 1 to 15 characters without '/', ':' or whitespace)"
@@ -150,6 +175,116 @@ pub enum NetSpec {
         /// Host interface to bridge onto, e.g. `en0`.
         interface: String,
     },
+    /// `stream:PATH[,mtu=N]`: a Unix stream socket, frames behind a 4-byte length (passt,
+    /// socket_vmnet, QEMU's `-netdev stream`).
+    Stream {
+        /// The socket's path.
+        path: PathBuf,
+        /// The MTU offered to the guest (default 1500).
+        mtu: Option<u16>,
+    },
+    /// `dgram:PATH[,vfkit][,mtu=N]`: a Unix datagram socket, a frame per datagram (gvproxy,
+    /// vmnet-helper, QEMU's `-netdev dgram`); `vfkit` sends vfkit's hello first.
+    Dgram {
+        /// The socket's path.
+        path: PathBuf,
+        /// Send the `VFKT` hello.
+        vfkit: bool,
+        /// The MTU offered to the guest (default 1500).
+        mtu: Option<u16>,
+    },
+    /// `dgram-listen:PATH[,mtu=N]`: binds a datagram socket at PATH and links with the first
+    /// peer that sends to it (another VMM's `dgram:PATH`): VM-to-VM without root.
+    DgramListen {
+        /// The path to bind.
+        path: PathBuf,
+        /// The MTU offered to the guest (default 1500).
+        mtu: Option<u16>,
+    },
+    /// `fd:N,stream|dgram[,mtu=N]`: a connected socket inherited as descriptor N.
+    Fd {
+        /// The descriptor.
+        fd: i32,
+        /// `true` for a datagram socket, `false` for a stream.
+        dgram: bool,
+        /// The MTU offered to the guest (default 1500).
+        mtu: Option<u16>,
+    },
+}
+
+/// Splits the trailing `,vfkit` and `,mtu=N` options off a socket backend's value (a path
+/// may itself hold commas); returns the rest, whether `vfkit` was given, and the MTU.
+fn socket_options(spec: &str, rest: &str) -> Result<(String, bool, Option<u16>), CliError> {
+    let (mut vfkit, mut mtu) = (false, None);
+    let mut end = rest.len();
+    while let Some(comma) = rest[..end].rfind(',') {
+        let last = &rest[comma + 1..end];
+        if last == "vfkit" {
+            vfkit = true;
+        } else if let Some(v) = last.strip_prefix("mtu=") {
+            let m: u16 = v
+                .parse()
+                .ok()
+                .filter(|m| (68..=65520).contains(m))
+                .ok_or_else(|| CliError::NetMtu(last.to_string()))?;
+            mtu = Some(m);
+        } else if last == "stream" || last == "dgram" {
+            // The kind of an fd: backend, handled by its parser.
+            break;
+        } else if spec.starts_with("fd:") && rest[..comma].contains(',') {
+            // Past the kind (fd:N,KIND,...): an option, and not one we know.
+            return Err(CliError::NetOption {
+                spec: spec.to_string(),
+                option: last.to_string(),
+            });
+        } else {
+            break;
+        }
+        end = comma;
+    }
+    let rest = rest[..end].to_string();
+    Ok((rest, vfkit, mtu))
+}
+
+fn socket_spec(s: &str) -> Option<Result<NetSpec, CliError>> {
+    let (prefix, rest) = s.split_once(':')?;
+    if !matches!(prefix, "stream" | "dgram" | "dgram-listen" | "fd") {
+        return None;
+    }
+    Some((|| {
+        let (rest, vfkit, mtu) = socket_options(s, rest)?;
+        if vfkit && prefix != "dgram" {
+            return Err(CliError::NetOption {
+                spec: s.to_string(),
+                option: "vfkit".into(),
+            });
+        }
+        if prefix == "fd" {
+            let (n, kind) = rest
+                .split_once(',')
+                .ok_or_else(|| CliError::NetFdFormat(s.to_string()))?;
+            let fd: i32 = n
+                .parse()
+                .ok()
+                .filter(|&n| n >= 3)
+                .ok_or_else(|| CliError::NetFdFormat(s.to_string()))?;
+            let dgram = match kind {
+                "stream" => false,
+                "dgram" => true,
+                _ => return Err(CliError::NetFdFormat(s.to_string())),
+            };
+            return Ok(NetSpec::Fd { fd, dgram, mtu });
+        }
+        if rest.is_empty() {
+            return Err(CliError::NetSocketPath(format!("{prefix}:")));
+        }
+        let path = PathBuf::from(rest);
+        Ok(match prefix {
+            "stream" => NetSpec::Stream { path, mtu },
+            "dgram" => NetSpec::Dgram { path, vfkit, mtu },
+            _ => NetSpec::DgramListen { path, mtu },
+        })
+    })())
 }
 
 /// Checks an interface name with the device crate's rules ([`devices::net::check_ifname`], as
@@ -186,6 +321,9 @@ impl FromStr for NetSpec {
                 interface: interface.to_string(),
             });
         }
+        if let Some(spec) = socket_spec(s) {
+            return spec;
+        }
         Err(CliError::NetFormat(s.to_string()))
     }
 }
@@ -197,7 +335,33 @@ impl fmt::Display for NetSpec {
             Self::VmnetShared => f.write_str("vmnet-shared"),
             Self::VmnetHost => f.write_str("vmnet-host"),
             Self::VmnetBridged { interface } => write!(f, "vmnet-bridged:{interface}"),
+            Self::Stream { path, mtu } => {
+                write!(f, "stream:{}", path.display())?;
+                write_mtu(f, *mtu)
+            }
+            Self::Dgram { path, vfkit, mtu } => {
+                write!(f, "dgram:{}", path.display())?;
+                if *vfkit {
+                    f.write_str(",vfkit")?;
+                }
+                write_mtu(f, *mtu)
+            }
+            Self::DgramListen { path, mtu } => {
+                write!(f, "dgram-listen:{}", path.display())?;
+                write_mtu(f, *mtu)
+            }
+            Self::Fd { fd, dgram, mtu } => {
+                write!(f, "fd:{fd},{}", if *dgram { "dgram" } else { "stream" })?;
+                write_mtu(f, *mtu)
+            }
         }
+    }
+}
+
+fn write_mtu(f: &mut fmt::Formatter<'_>, mtu: Option<u16>) -> fmt::Result {
+    match mtu {
+        Some(m) => write!(f, ",mtu={m}"),
+        None => Ok(()),
     }
 }
 
@@ -464,8 +628,15 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1", value_parser = parse_cpus)]
     pub cpus: usize,
 
-    /// A network device: tap:NAME, vmnet-shared, vmnet-host or vmnet-bridged:IFACE.
-    /// Repeat for more devices.
+    /// A network device. Repeat for more devices.
+    ///
+    /// tap:NAME (Linux), vmnet-shared, vmnet-host, vmnet-bridged:IFACE (macOS);
+    /// stream:PATH: a Unix stream socket, frames behind a 4-byte length (passt,
+    /// socket_vmnet, QEMU -netdev stream); dgram:PATH[,vfkit]: a Unix datagram socket, a
+    /// frame per datagram (vmnet-helper, QEMU -netdev dgram; gvproxy needs ,vfkit);
+    /// dgram-listen:PATH: bind PATH and link with the first peer that sends to it (another
+    /// vmm's dgram:PATH: VM to VM without root); fd:N,stream|dgram: an inherited connected
+    /// socket. Socket forms take ,mtu=N (default 1500).
     #[arg(long = "net", value_name = "SPEC", value_parser = NetSpec::from_str)]
     pub net: Vec<NetSpec>,
 
@@ -510,6 +681,14 @@ impl Args {
         let mut seen = HashSet::new();
         if let Some(dup) = self.mac.iter().find(|mac| !seen.insert(**mac)) {
             return Err(CliError::DuplicateMac(*dup));
+        }
+        let mut fds = HashSet::new();
+        for spec in &self.net {
+            if let NetSpec::Fd { fd, .. } = spec
+                && !fds.insert(*fd)
+            {
+                return Err(CliError::DuplicateFd(*fd));
+            }
         }
         Ok(self
             .net
@@ -824,12 +1003,92 @@ mod tests {
     }
 
     #[test]
+    fn socket_specs_parse_with_their_options() {
+        assert_eq!(
+            "stream:/run/passt.socket".parse(),
+            Ok(NetSpec::Stream {
+                path: "/run/passt.socket".into(),
+                mtu: None
+            })
+        );
+        assert_eq!(
+            "dgram:/tmp/a,b.sock,vfkit,mtu=9000".parse(),
+            Ok(NetSpec::Dgram {
+                path: "/tmp/a,b.sock".into(),
+                vfkit: true,
+                mtu: Some(9000)
+            })
+        );
+        assert_eq!(
+            "dgram-listen:/tmp/l.sock".parse(),
+            Ok(NetSpec::DgramListen {
+                path: "/tmp/l.sock".into(),
+                mtu: None
+            })
+        );
+        assert_eq!(
+            "fd:3,dgram".parse(),
+            Ok(NetSpec::Fd {
+                fd: 3,
+                dgram: true,
+                mtu: None
+            })
+        );
+        assert_eq!(
+            "fd:7,stream,mtu=65520".parse(),
+            Ok(NetSpec::Fd {
+                fd: 7,
+                dgram: false,
+                mtu: Some(65520)
+            })
+        );
+    }
+
+    #[test]
+    fn bad_socket_specs_say_what_to_write() {
+        for (bad, want) in [
+            ("stream:", "needs the path"),
+            ("dgram:,vfkit", "needs the path"),
+            ("fd:3", "fd:N,stream or fd:N,dgram"),
+            ("fd:2,stream", "3 or above"),
+            ("fd:x,dgram", "fd:N,stream"),
+            ("fd:3,seqpacket", "fd:N,stream"),
+            ("fd:3,dgram,bogus", "does not apply"),
+            ("stream:/x,vfkit", "does not apply"),
+            ("dgram:/x,mtu=67", "68 to 65520"),
+            ("dgram:/x,mtu=big", "68 to 65520"),
+        ] {
+            let e = bad.parse::<NetSpec>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_descriptor_cannot_serve_two_devices() {
+        let args = parse(&[
+            "--kernel",
+            "I",
+            "--net",
+            "fd:5,dgram",
+            "--net",
+            "fd:5,stream",
+        ])
+        .unwrap();
+        assert_eq!(args.net_devices(), Err(CliError::DuplicateFd(5)));
+    }
+
+    #[test]
     fn net_spec_display_round_trips() {
         for s in [
             "tap:vm-tap.1",
             "vmnet-shared",
             "vmnet-host",
             "vmnet-bridged:en0",
+            "stream:/run/user/1000/passt.socket,mtu=65520",
+            "dgram:/tmp/gvproxy.sock,vfkit",
+            "dgram-listen:/tmp/link.sock",
+            "fd:3,dgram",
+            "fd:4,stream,mtu=9000",
         ] {
             assert_eq!(s.parse::<NetSpec>().unwrap().to_string(), s);
         }

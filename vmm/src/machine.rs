@@ -187,13 +187,44 @@ pub fn load_images(args: &Args) -> Result<BootImages, VmmError> {
     })
 }
 
-/// Opens the backend of one `--net`. TAP exists on Linux, vmnet on macOS.
-pub fn open_backend(spec: &NetSpec) -> Result<Box<dyn Backend>, VmmError> {
+/// Opens the backend of one `--net`. TAP exists on Linux, vmnet on macOS, the socket
+/// backends on both. An `fd:` backend takes its descriptor from `inherited` (see
+/// [`claim_inherited`]).
+pub fn open_backend(
+    spec: &NetSpec,
+    inherited: &mut std::collections::HashMap<i32, std::os::fd::OwnedFd>,
+) -> Result<Box<dyn Backend>, VmmError> {
+    use devices::net::socket::{SocketOptions, dgram::DgramBackend, stream::StreamBackend};
     let err = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Net {
         spec: spec.to_string(),
         source,
     };
+    let opts = |mtu: &Option<u16>| SocketOptions {
+        mtu: mtu.unwrap_or(devices::net::socket::DEFAULT_MTU),
+    };
+    let boxed = |r: Result<Box<dyn Backend>, devices::net::socket::SocketError>| {
+        r.map_err(|e| err(Box::new(e)))
+    };
     match spec {
+        NetSpec::Stream { path, mtu } => {
+            boxed(StreamBackend::connect(path, opts(mtu)).map(|b| Box::new(b) as _))
+        }
+        NetSpec::Dgram { path, vfkit, mtu } => {
+            boxed(DgramBackend::connect(path, opts(mtu), *vfkit).map(|b| Box::new(b) as _))
+        }
+        NetSpec::DgramListen { path, mtu } => {
+            boxed(DgramBackend::listen(path, opts(mtu)).map(|b| Box::new(b) as _))
+        }
+        NetSpec::Fd { fd, dgram, mtu } => {
+            let owned = inherited
+                .remove(fd)
+                .ok_or_else(|| err(format!("descriptor {fd} was not claimed").into()))?;
+            if *dgram {
+                boxed(DgramBackend::from_fd(owned, opts(mtu)).map(|b| Box::new(b) as _))
+            } else {
+                boxed(StreamBackend::from_fd(owned, opts(mtu)).map(|b| Box::new(b) as _))
+            }
+        }
         #[cfg(target_os = "linux")]
         NetSpec::Tap { name } => devices::net::tap::Tap::open(name)
             .map(|t| Box::new(t) as Box<dyn Backend>)
@@ -220,13 +251,46 @@ struct NetPlan {
     name: String,
 }
 
+/// Takes ownership of the sockets that `fd:N` backends name, after checking that each is an
+/// open socket of the kind given. Called before the VMM opens any descriptor of its own, so
+/// that N is the inherited descriptor and not one the VMM created.
+pub fn claim_inherited(
+    devs: &[NetDevice],
+) -> Result<std::collections::HashMap<i32, std::os::fd::OwnedFd>, VmmError> {
+    use std::os::fd::FromRawFd;
+    let mut out = std::collections::HashMap::new();
+    for d in devs {
+        if let NetSpec::Fd { fd, dgram, .. } = d.spec {
+            let kind = if dgram {
+                devices::net::socket::Kind::Dgram
+            } else {
+                devices::net::socket::Kind::Stream
+            };
+            devices::net::socket::check_fd(fd, kind).map_err(|e| VmmError::Net {
+                spec: d.spec.to_string(),
+                source: Box::new(e),
+            })?;
+            if out.contains_key(&fd) {
+                continue;
+            }
+            // SAFETY: `fd` is open and a socket (checked above), above standard error, named
+            // on the command line as inherited for this device, and claimed once (the command
+            // line refuses a descriptor given twice) before the VMM opens descriptors of its
+            // own: nothing else in the process owns it.
+            out.insert(fd, unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    Ok(out)
+}
+
 /// Opens every network backend (before the hypervisor is touched).
 fn open_networks(devs: &[NetDevice]) -> Result<Vec<NetPlan>, VmmError> {
+    let mut inherited = claim_inherited(devs)?;
     devs.iter()
         .enumerate()
         .map(|(i, d)| {
             Ok(NetPlan {
-                backend: open_backend(&d.spec)?,
+                backend: open_backend(&d.spec, &mut inherited)?,
                 mac: d.mac.map(|m| m.bytes()),
                 name: format!("net{i}"),
             })

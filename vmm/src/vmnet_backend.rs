@@ -16,7 +16,7 @@ pub fn options(spec: &NetSpec) -> Option<vmnet::Options> {
         NetSpec::VmnetShared => Some(vmnet::Options::shared()),
         NetSpec::VmnetHost => Some(vmnet::Options::host()),
         NetSpec::VmnetBridged { interface } => Some(vmnet::Options::bridged(interface.clone())),
-        NetSpec::Tap { .. } => None,
+        _ => None,
     }
 }
 

@@ -178,3 +178,86 @@ fn a_host_without_a_hypervisor_backend_says_where_the_vmm_runs() {
     let line = fails_cleanly(&vmm(&["--kernel", &k]));
     assert!(line.contains("arm64 Linux with KVM"), "{line}");
 }
+
+/// A kernel that passes the image checks, so that the run gets as far as the network.
+fn kernel(d: &TempDir) -> String {
+    d.file("Image", &fake_image(8 << 20))
+}
+
+#[test]
+fn a_socket_path_with_nothing_there_says_to_start_the_helper() {
+    let d = TempDir::new("nosock");
+    let k = kernel(&d);
+    let sock = d.0.join("passt.socket");
+    let spec = format!("stream:{}", sock.display());
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", &spec]));
+    assert!(line.contains(&spec), "{line}");
+    assert!(line.contains("start the network helper first"), "{line}");
+}
+
+#[test]
+fn a_socket_file_nobody_listens_on_says_to_restart_the_helper() {
+    let d = TempDir::new("stale");
+    let k = kernel(&d);
+    let sock = d.0.join("gvproxy.sock");
+    drop(std::os::unix::net::UnixDatagram::bind(&sock).unwrap());
+    let spec = format!("dgram:{},vfkit", sock.display());
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", &spec]));
+    assert!(line.contains("restart the helper"), "{line}");
+}
+
+#[test]
+fn a_socket_of_the_other_kind_names_the_right_form() {
+    let d = TempDir::new("wrongkind");
+    let k = kernel(&d);
+    let sock = d.0.join("socket_vmnet");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let spec = format!("dgram:{}", sock.display());
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", &spec]));
+    assert!(line.contains("is not a datagram socket"), "{line}");
+    assert!(
+        line.contains(&format!("--net stream:{}", sock.display())),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_path_that_is_not_a_socket_is_named() {
+    let d = TempDir::new("notsock");
+    let k = kernel(&d);
+    let f = d.file("plain", b"");
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", &format!("stream:{f}")]));
+    assert!(line.contains("is not a socket"), "{line}");
+}
+
+#[test]
+fn a_descriptor_that_is_not_open_says_how_to_pass_one() {
+    let d = TempDir::new("nofd");
+    let k = kernel(&d);
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", "fd:200,dgram"]));
+    assert!(line.contains("descriptor 200 is not open"), "{line}");
+}
+
+#[test]
+fn an_inherited_socket_of_the_other_kind_names_the_right_form() {
+    use std::os::fd::AsRawFd;
+    let d = TempDir::new("fdkind");
+    let k = kernel(&d);
+    let (ours, _peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    // Let the child inherit it.
+    // SAFETY: F_SETFD with 0 clears close-on-exec of a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let spec = format!("fd:{fd},stream");
+    let line = fails_cleanly(&vmm(&["--kernel", &k, "--net", &spec]));
+    assert!(line.contains("is a datagram socket"), "{line}");
+    assert!(line.contains(&format!("fd:{fd},dgram")), "{line}");
+}
+
+#[test]
+fn a_bad_socket_spec_says_what_to_write() {
+    let out = vmm(&["--kernel", "/x", "--net", "fd:3"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fd:N,stream or fd:N,dgram"), "{stderr}");
+}

@@ -40,6 +40,7 @@ struct Shared {
     truncated: AtomicU64,
     recv_calls: AtomicU64,
     discard_sent: AtomicBool,
+    link_down: AtomicBool,
 }
 
 impl Shared {
@@ -75,6 +76,7 @@ impl MemBackend {
                 truncated: AtomicU64::new(0),
                 recv_calls: AtomicU64::new(0),
                 discard_sent: AtomicBool::new(false),
+                link_down: AtomicBool::new(false),
             }),
         })
     }
@@ -146,6 +148,13 @@ impl MemBackendHandle {
     /// Fail the next `n` receive calls with `EIO`.
     pub fn fail_recvs(&self, n: u64) {
         self.shared.lock().recv_errors = n;
+        let _ = self.shared.ready.notify();
+    }
+
+    /// Sets the link state the backend reports, and wakes the device's worker as a real
+    /// backend's readiness would.
+    pub fn set_link_up(&self, up: bool) {
+        self.shared.link_down.store(!up, Ordering::SeqCst);
         let _ = self.shared.ready.notify();
     }
 
@@ -227,6 +236,10 @@ impl Backend for MemBackend {
     fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         self.shared.lock().rx_offloads = Some(offloads);
         Ok(())
+    }
+
+    fn link_up(&self) -> bool {
+        !self.shared.link_down.load(Ordering::SeqCst)
     }
 }
 

@@ -13,6 +13,8 @@ use vm_memory::VolatileSlice;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+pub mod socket;
 #[cfg(target_os = "linux")]
 pub mod tap;
 #[cfg(all(target_os = "macos", feature = "vmnet"))]
@@ -214,6 +216,20 @@ pub trait Backend: Send {
     /// Tells the backend which offloads the guest accepted on receive, so it only hands the guest
     /// frames the guest can take (TAP: `TUNSETOFFLOAD`).
     fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+
+    /// Whether the link is up: frames can reach a peer. The worker reads it after each pass
+    /// and, when it changed, updates `VIRTIO_NET_S_LINK_UP` in the configuration space and
+    /// raises a configuration change interrupt. A socket whose peer went away reports `false`.
+    fn link_up(&self) -> bool {
+        true
+    }
+
+    /// Called by the worker each time [`ready_fd`](Self::ready_fd) fired, before it receives
+    /// (which it only does while the guest has buffers): work of the backend's own, such as
+    /// finishing a frame the socket took only part of. The default does nothing.
+    fn on_ready(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -231,6 +247,12 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn set_rx_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         (**self).set_rx_offloads(offloads)
+    }
+    fn link_up(&self) -> bool {
+        (**self).link_up()
+    }
+    fn on_ready(&mut self) -> io::Result<()> {
+        (**self).on_ready()
     }
 }
 

@@ -114,6 +114,20 @@ impl Poller {
         Ok(())
     }
 
+    pub fn watch_writable(&self, fd: RawFd, token: Token, on: bool) -> io::Result<()> {
+        let mut events = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        if on {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events,
+            u64: token.0,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; the kernel checks fd.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &raw mut ev) })?;
+        Ok(())
+    }
+
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: EPOLL_CTL_DEL ignores the event pointer; null is allowed since Linux 2.6.9.
         cvt(unsafe {

@@ -159,6 +159,28 @@ impl Poller {
         Ok(())
     }
 
+    pub fn watch_writable(&self, fd: RawFd, token: Token, on: bool) -> io::Result<()> {
+        let ident =
+            libc::uintptr_t::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        let flags = if on {
+            libc::EV_ADD | libc::EV_CLEAR
+        } else {
+            libc::EV_DELETE
+        };
+        let change = kevent(ident, libc::EVFILT_WRITE, flags, 0, token.0);
+        match kevent_call(
+            self.kq.as_raw_fd(),
+            &[change],
+            &mut [],
+            Some(Duration::ZERO),
+        ) {
+            // Dropping an interest that was never added.
+            Err(e) if !on && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         let ident =
             libc::uintptr_t::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;

@@ -363,6 +363,14 @@ impl DataPath {
         }
     }
 
+    /// Raises a configuration change interrupt (the link state changed).
+    pub(crate) fn signal_config(&self) {
+        add(&self.metrics.interrupts, 1);
+        if let Err(e) = self.interrupt.signal_config() {
+            warn_limited!(self.log, error = %e, "virtio-net: cannot raise the interrupt");
+        }
+    }
+
     fn signal(&self) {
         add(&self.metrics.interrupts, 1);
         if let Err(e) = self.interrupt.signal_used() {

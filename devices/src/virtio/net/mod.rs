@@ -7,7 +7,7 @@
 //! the thread and takes the backend back, so the device can be activated again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use virtio_bindings::virtio_net as vnet;
@@ -33,6 +33,37 @@ const CONFIG_LEN: usize = 12;
 
 const fn bit(b: u32) -> u64 {
     1 << b
+}
+
+/// The link state the backend reports ([`Backend::link_up`]): the worker updates it, the
+/// configuration space shows it (`VIRTIO_NET_S_LINK_UP`), and each change moves the
+/// configuration generation.
+#[derive(Debug)]
+pub(crate) struct Link {
+    up: AtomicBool,
+    generation: AtomicU32,
+}
+
+impl Link {
+    fn new(up: bool) -> Self {
+        Self {
+            up: AtomicBool::new(up),
+            generation: AtomicU32::new(0),
+        }
+    }
+
+    /// Records the backend's link state; returns whether it changed.
+    pub(crate) fn set(&self, up: bool) -> bool {
+        if self.up.swap(up, Ordering::SeqCst) == up {
+            return false;
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
 }
 
 /// How to build a [`Net`] device.
@@ -81,7 +112,7 @@ pub struct Net {
     features: u64,
     queue_sizes: [u16; 2],
     metrics: Arc<NetMetrics>,
-    config_generation: AtomicU32,
+    link: Arc<Link>,
 }
 
 impl std::fmt::Debug for Net {
@@ -187,6 +218,7 @@ impl Net {
     /// Creates a device in front of `backend`.
     pub fn new(backend: Box<dyn Backend>, config: NetConfig) -> Self {
         let info = backend.info();
+        let link = Arc::new(Link::new(backend.link_up()));
         let mac = config.mac.or(info.mac).unwrap_or_else(random_mac);
         let size = if config.queue_size.is_power_of_two() && config.queue_size <= 32768 {
             config.queue_size
@@ -204,7 +236,7 @@ impl Net {
             mac,
             queue_sizes: [size, size],
             metrics: Arc::default(),
-            config_generation: AtomicU32::new(0),
+            link,
         }
     }
 
@@ -226,8 +258,8 @@ impl Net {
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[..6].copy_from_slice(&self.mac);
-        // Link status: up while we have a backend.
-        let status = if self.backend.is_some() || self.worker.is_some() {
+        // Link status: up while we have a backend and it says the link is up.
+        let status = if (self.backend.is_some() || self.worker.is_some()) && self.link.is_up() {
             vnet::VIRTIO_NET_S_LINK_UP as u16
         } else {
             0
@@ -269,7 +301,7 @@ impl VirtioDevice for Net {
     }
 
     fn config_generation(&self) -> u32 {
-        self.config_generation.load(Ordering::Relaxed)
+        self.link.generation.load(Ordering::SeqCst)
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -316,6 +348,7 @@ impl VirtioDevice for Net {
             backend,
             Arc::clone(rx_kick),
             Arc::clone(tx_kick),
+            Arc::clone(&self.link),
         ) {
             Ok(w) => {
                 self.worker = Some(w);
@@ -454,6 +487,48 @@ mod tests {
         let mut past = [0xffu8; 4];
         dev.read_config(u64::MAX - 1, &mut past);
         assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn a_backend_link_change_shows_in_the_status_with_a_config_interrupt() {
+        use crate::virtio::interrupt_status::CONFIG_CHANGE;
+        use crate::virtio::mmio::regs;
+        let mut h = harness::start(
+            crate::net::mem::MemBackendConfig::default(),
+            bit(vnet::VIRTIO_NET_F_STATUS) | features::VERSION_1,
+        );
+        let status = |h: &harness::Harness| {
+            let mut b = [0u8; 2];
+            h.sim.read_config(6, &mut b);
+            u16::from_le_bytes(b)
+        };
+        let generation = |h: &harness::Harness| h.sim.read_reg(regs::CONFIG_GENERATION);
+        assert_eq!(status(&h), vnet::VIRTIO_NET_S_LINK_UP as u16);
+        let g0 = generation(&h);
+        h.sim.ack_interrupt();
+        for up in [false, true] {
+            h.backend.set_link_up(up);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut bits = 0;
+            while bits & CONFIG_CHANGE == 0 && std::time::Instant::now() < deadline {
+                h.sim
+                    .wait_interrupt(std::time::Duration::from_millis(100))
+                    .unwrap();
+                bits |= h.sim.ack_interrupt();
+            }
+            assert_ne!(
+                bits & CONFIG_CHANGE,
+                0,
+                "no config change interrupt (up: {up})"
+            );
+            let want = if up {
+                vnet::VIRTIO_NET_S_LINK_UP as u16
+            } else {
+                0
+            };
+            assert_eq!(status(&h), want);
+        }
+        assert_eq!(generation(&h), g0 + 2);
     }
 
     #[test]

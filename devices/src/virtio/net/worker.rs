@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::Link;
 use super::datapath::{DataPath, RxEnd, TxEnd, add};
 use crate::event::{Event, Notifier, Poller, Token};
 use crate::net::Backend;
@@ -50,6 +51,7 @@ impl Worker {
         mut backend: Box<dyn Backend>,
         rx_kick: Arc<Notifier>,
         tx_kick: Arc<Notifier>,
+        link: Arc<Link>,
     ) -> Result<Self, (io::Error, Option<Box<dyn Backend>>)> {
         let setup = (|| {
             let poller = Poller::new()?;
@@ -74,6 +76,7 @@ impl Worker {
                 &rx_kick,
                 &tx_kick,
                 &stop_thread,
+                &link,
             );
             backend
         });
@@ -103,6 +106,10 @@ impl Worker {
 /// never holds, so it gets no added latency.
 const HOLD_FROM_KICK: usize = 2;
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the thread's whole state, borrowed from Worker::spawn"
+)]
 fn run(
     poller: &Poller,
     tx_hold: Duration,
@@ -111,11 +118,13 @@ fn run(
     rx_kick: &Notifier,
     tx_kick: &Notifier,
     stop: &Notifier,
+    link: &Link,
 ) {
     // Work may be pending from before the thread existed: kicks the transport consumed on
     // reset are gone, but buffers and frames are not.
     path.process_tx(backend);
     let mut rx_retry = next_retry(path.process_rx(backend), None);
+    update_link(path, backend, link);
     let mut rx_retry_at = rx_retry.map(|d| Instant::now() + d);
     // While TX holds kicks off (the guest is sending faster than a frame per wake-up), when
     // the next pass is due: the guest queues frames without kicking until then.
@@ -135,6 +144,7 @@ fn run(
         let now = Instant::now();
         let mut tx = tx_due.is_some_and(|at| at <= now);
         let mut rx = rx_retry_at.is_some_and(|at| at <= now);
+        let mut backend_ready = false;
         for ev in &events {
             match ev.token {
                 STOP => {
@@ -151,9 +161,16 @@ fn run(
                     add(&path.metrics.rx_kicks, 1);
                     rx = true;
                 }
-                BACKEND => rx = true,
+                BACKEND => {
+                    rx = true;
+                    backend_ready = true;
+                }
                 _ => {}
             }
+        }
+        if backend_ready && let Err(e) = backend.on_ready() {
+            add(&path.metrics.rx_errors, 1);
+            tracing::debug!(error = %e, "virtio-net: backend readiness work failed");
         }
         // TX first: its completions free guest memory the guest may turn into RX buffers.
         if tx {
@@ -171,6 +188,18 @@ fn run(
             rx_retry = next_retry(path.process_rx(backend), rx_retry);
             rx_retry_at = rx_retry.map(|d| Instant::now() + d);
         }
+        update_link(path, backend, link);
+    }
+}
+
+/// Takes in the backend's link state; a change is shown in the configuration space and
+/// announced with a configuration change interrupt (virtio 1.2, 5.1.4: the driver reads
+/// `status` again).
+fn update_link(path: &DataPath, backend: &dyn Backend, link: &Link) {
+    let up = backend.link_up();
+    if link.set(up) {
+        tracing::info!(up, "virtio-net: the backend's link changed");
+        path.signal_config();
     }
 }
 
