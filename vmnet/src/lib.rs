@@ -66,31 +66,36 @@ pub mod options;
 pub mod params;
 pub mod ready;
 
-#[cfg(target_os = "macos")]
+// The runtime modules: on macOS, and off macOS with the test-only `model` feature, which links
+// them against the `vmnet-model` crate instead of the framework (see Cargo.toml).
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod asynch;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod interface;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod keys;
-#[cfg(all(target_os = "macos", feature = "macos-26"))]
+#[cfg(all(any(target_os = "macos", feature = "model"), feature = "macos-26"))]
 pub mod network;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub mod sys;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub mod xpc;
+#[cfg(all(not(target_os = "macos"), feature = "model"))]
+use vmnet_model as _;
 
 pub use error::{Error, PRIVILEGE_ADVICE, Result, Status};
 pub use options::{Mode, Options};
 pub use params::InterfaceParams;
 
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub use asynch::{AsyncInterface, Readable};
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub use interface::{Event, Interface, shared_interface_list};
 
-/// Whether this build contains the vmnet binding (true on macOS only).
+/// Whether this build contains the vmnet binding (true on macOS; elsewhere only with the
+/// test-only `model` feature, where it runs against a model of the framework).
 ///
 /// ```
-/// assert_eq!(vmnet::SUPPORTED, cfg!(target_os = "macos"));
+/// assert_eq!(vmnet::SUPPORTED, cfg!(any(target_os = "macos", feature = "model")));
 /// ```
-pub const SUPPORTED: bool = cfg!(target_os = "macos");
+pub const SUPPORTED: bool = cfg!(any(target_os = "macos", feature = "model"));
