@@ -6,6 +6,12 @@
 //! dispatch queue, block or interface is left over, or anything was released once too often.
 //! A test that runs longer than [`WATCHDOG`] ends the process with a failure instead of hanging
 //! CI (some tests loop until a frame arrives).
+//!
+//! `VMNET_MODEL_READING` selects, for every test of the run, the readings of what Apple's
+//! documentation leaves open (comma-separated): `header-counted` (the maximum packet size counts
+//! the virtio-net header), `multi-iovec-refused` (writes of several iovecs per packet are
+//! refused), `no-batch-maxima` (no `vmnet_read_max_packets_key`/`vmnet_write_max_packets_key`,
+//! as before macOS 15). Unset: the model's defaults.
 
 #![allow(dead_code)]
 
@@ -29,6 +35,7 @@ impl Guard {
     pub fn new() -> Self {
         let lock = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         vmnet_model::vmnet::reset();
+        apply_readings();
         let (done, rx) = crossbeam_channel::bounded::<()>(0);
         let name = std::thread::current().name().unwrap_or("?").to_owned();
         std::thread::spawn(move || {
@@ -54,6 +61,19 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Applies `VMNET_MODEL_READING` (see the module documentation); an unknown word panics.
+fn apply_readings() {
+    let readings = std::env::var("VMNET_MODEL_READING").unwrap_or_default();
+    for r in readings.split(',').filter(|r| !r.is_empty()) {
+        vmnet_model::vmnet::configure(|c| match r {
+            "header-counted" => c.header_counts_in_max_packet_size = true,
+            "multi-iovec-refused" => c.refuse_multi_iovec = true,
+            "no-batch-maxima" => c.report_batch_maxima = false,
+            other => panic!("VMNET_MODEL_READING: unknown reading {other:?}"),
+        });
     }
 }
 
