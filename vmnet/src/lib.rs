@@ -5,7 +5,9 @@
 //! modules only (status codes and errors, option validation and the exact `interface_desc`
 //! contents, interface parameters, iovec and batch bookkeeping, the linearising write fallback,
 //! readiness and port-forwarding rules), so that the logic that does not need a Mac is compiled
-//! and unit-tested everywhere. Programs that use the binding are in the workspace's `examples`
+//! and unit-tested everywhere. For CI, the test-only `model` feature builds the whole binding on
+//! Linux against `vmnet-model`, a model of vmnet.framework (it stands in for the framework; it
+//! does not replace a run on a Mac). Programs that use the binding are in the workspace's `examples`
 //! package (`vmnet_echo`, `vmnet_async`).
 //!
 //! # Shape
