@@ -30,6 +30,8 @@ pub struct Accounting {
     pub interfaces: usize,
     /// Blocks the model holds.
     pub blocks: i64,
+    /// Network configurations and networks (macOS 26) not yet released.
+    pub cf: i64,
 }
 
 /// The accounting now.
@@ -40,6 +42,7 @@ pub fn accounting() -> Accounting {
         dispatch: dispatch::stats(),
         interfaces,
         blocks,
+        cf: vmnet::cf_live(),
     }
 }
 
@@ -89,6 +92,7 @@ impl Accounting {
             before.interfaces as i64,
         );
         cmp("blocks held by the model", self.blocks, before.blocks);
+        cmp("live network objects (CFRelease)", self.cf, before.cf);
         out
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct Gateway {
     pub(crate) mask: Ipv4Addr,
     last: Ipv4Addr,
     leases: HashMap<[u8; 6], Ipv4Addr>,
+    /// Whether DHCP is served (`vmnet_network_configuration_disable_dhcp` turns it off).
+    pub(crate) dhcp: bool,
 }
 
 fn csum(data: &[u8]) -> u16 {
@@ -69,6 +71,7 @@ impl Gateway {
             mask,
             last,
             leases: HashMap::new(),
+            dhcp: true,
         }
     }
 
@@ -120,7 +123,9 @@ impl Gateway {
                 Some(eth(src_mac, 0x0800, &ipv4(self.ip, src, 1, &r)))
             }
             // DHCP (UDP 68 -> 67).
-            17 if body.len() >= 8 && body[2..4] == [0, 67] => self.dhcp(src_mac, &body[8..]),
+            17 if self.dhcp && body.len() >= 8 && body[2..4] == [0, 67] => {
+                self.dhcp(src_mac, &body[8..])
+            }
             _ => None,
         }
     }

@@ -335,6 +335,8 @@ fn on_queue(queue: &QueueRef, f: impl FnOnce() + Send + 'static) {
 enum Segment {
     Host(Option<[u8; 16]>),
     Shared,
+    /// A `vmnet_network_ref`'s network (macOS 26), by id.
+    Network(u64),
     Bridged(String),
 }
 
@@ -666,13 +668,17 @@ struct Started {
 
 /// Reads `interface_desc` (Apple's "interface_desc XPC Dictionary Keys") and builds the
 /// interface with its parameters (Apple's "interface_param XPC Dictionary Keys").
-fn build(desc: *mut c_void, cfg: &Config) -> Result<Started, u32> {
+fn build(desc: *mut c_void, cfg: &Config, net: Option<&NetInfo>) -> Result<Started, u32> {
     let bad = |why| Err(refuse(why, VMNET_INVALID_ARGUMENT));
     if !xpc::is_dict(desc) {
         return bad("interface_desc is not a dictionary");
     }
-    // vmnet_operation_mode_key: required, one of the operating_modes_t values.
-    let mode = match xpc::read_u64(desc, key(&vmnet_operation_mode_key)) {
+    // vmnet_operation_mode_key: required, one of the operating_modes_t values (on a network,
+    // the network's mode).
+    let mode = match net
+        .map(|n| n.mode)
+        .or_else(|| xpc::read_u64(desc, key(&vmnet_operation_mode_key)))
+    {
         Some(m @ (HOST_MODE | SHARED_MODE | BRIDGED_MODE)) => m,
         _ => return bad("missing or unknown vmnet_operation_mode_key"),
     };
@@ -684,6 +690,7 @@ fn build(desc: *mut c_void, cfg: &Config) -> Result<Started, u32> {
         return bad("virtio header with checksum offload");
     }
     let segment = match mode {
+        _ if net.is_some() => Segment::Network(net.map_or(0, |n| n.id)),
         BRIDGED_MODE => {
             // vmnet_shared_interface_name_key: required in bridged mode, one of
             // vmnet_copy_shared_interface_list's names.
@@ -706,6 +713,17 @@ fn build(desc: *mut c_void, cfg: &Config) -> Result<Started, u32> {
         xpc::read_string(desc, key(&vmnet_end_address_key)),
         xpc::read_string(desc, key(&vmnet_subnet_mask_key)),
     );
+    let range = match net {
+        Some(n) => {
+            let (sub, m) = (u32::from(n.subnet), u32::from(n.mask));
+            (
+                Some(Ipv4Addr::from(sub + 1).to_string()),
+                Some(Ipv4Addr::from((sub | !m) - 1).to_string()),
+                Some(n.mask.to_string()),
+            )
+        }
+        None => range,
+    };
     let (start, end, mask) = match range {
         (None, None, None) => match mode {
             SHARED_MODE => (
@@ -726,7 +744,10 @@ fn build(desc: *mut c_void, cfg: &Config) -> Result<Started, u32> {
             _ => return bad("incomplete or invalid DHCP range"),
         },
     };
-    let mtu = xpc::read_u64(desc, key(&vmnet_mtu_key)).unwrap_or(1500);
+    let mtu = net
+        .map(|n| u64::from(n.mtu))
+        .or_else(|| xpc::read_u64(desc, key(&vmnet_mtu_key)))
+        .unwrap_or(1500);
     // The model accepts MTUs from the IPv6 minimum to a jumbo frame (a reading: the pages give
     // no bounds).
     if !(1280..=9000).contains(&mtu) {
@@ -788,9 +809,11 @@ fn build(desc: *mut c_void, cfg: &Config) -> Result<Started, u32> {
     if mode == SHARED_MODE {
         set_s(&vmnet_nat66_prefix_key, "fd9b:6d6f:6465:6c00::".into());
         let mut g = lock(&GATEWAYS);
-        g.get_or_insert_with(HashMap::new)
-            .entry(Segment::Shared)
+        let gw = g
+            .get_or_insert_with(HashMap::new)
+            .entry(segment.clone())
             .or_insert_with(|| Gateway::new(start, end, mask));
+        gw.dhcp = net.is_none_or(|n| n.dhcp);
     }
     // vmnet_read_max_packets_key / vmnet_write_max_packets_key (macOS 15).
     if cfg.report_batch_maxima {
@@ -837,6 +860,21 @@ pub unsafe extern "C" fn vmnet_start_interface(
     handler: *mut Block<StartFn>,
 ) -> *mut c_void {
     called("vmnet_start_interface");
+    // SAFETY: forwarded.
+    unsafe { start(None, interface_desc, queue, handler) }
+}
+
+/// `vmnet_start_interface` and `vmnet_interface_start_with_network` (on network `net`).
+///
+/// # Safety
+///
+/// `handler` is NULL or a valid block of the handler's type.
+unsafe fn start(
+    net: Option<NetInfo>,
+    interface_desc: *mut c_void,
+    queue: *mut c_void,
+    handler: *mut Block<StartFn>,
+) -> *mut c_void {
     // SAFETY: the caller's contract.
     let Some(block) = (unsafe { Held::copy(handler) }) else {
         refuse("start without a handler", 0);
@@ -853,7 +891,7 @@ pub unsafe extern "C" fn vmnet_start_interface(
             return std::ptr::null_mut();
         }
         Privileges::DeniedStatus(s) => Err(refuse("start without privileges", s)),
-        Privileges::Granted => build(interface_desc, &cfg),
+        Privileges::Granted => build(interface_desc, &cfg, net.as_ref()),
     };
     let (handle, status, params) = match outcome {
         Ok(Started { iface, params }) => {
@@ -1570,4 +1608,523 @@ pub unsafe extern "C" fn vmnet_port_forwarding_rule_get_details(
             internal_port,
         )
     }
+}
+
+// ---- macOS 26: vmnet_network_configuration_* / vmnet_network_* ----------------------------
+//
+// Apple's pages of the macOS 26 functions: a configuration (`vmnet_network_configuration_create`
+// for shared or host mode, then setters) makes a network (`vmnet_network_create`) on which
+// interfaces start (`vmnet_interface_start_with_network`); a network can be serialized to an xpc
+// object and recreated from it (in another process), giving the same network. Both objects are
+// CoreFoundation objects released with `CFRelease`.
+
+/// What an interface started on a network takes from it.
+#[derive(Clone, Debug)]
+struct NetInfo {
+    id: u64,
+    mode: u64,
+    subnet: Ipv4Addr,
+    mask: Ipv4Addr,
+    prefix: [u8; 16],
+    prefix_len: u8,
+    mtu: u32,
+    dhcp: bool,
+}
+
+#[derive(Debug)]
+enum CfValue {
+    Config(Mutex<NetInfo>),
+    Network(NetInfo),
+}
+
+#[derive(Debug)]
+struct CfObj {
+    refs: AtomicI64,
+    value: CfValue,
+}
+
+static CF_LIVE: AtomicI64 = AtomicI64::new(0);
+static CF_ALL: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// CoreFoundation objects (network configurations and networks) not yet released.
+pub fn cf_live() -> i64 {
+    CF_LIVE.load(Ordering::SeqCst)
+}
+
+fn cf_new(value: CfValue) -> *mut c_void {
+    let p = Box::into_raw(Box::new(CfObj {
+        refs: AtomicI64::new(1),
+        value,
+    }));
+    lock(&CF_ALL).push(p as usize);
+    CF_LIVE.fetch_add(1, Ordering::SeqCst);
+    p.cast()
+}
+
+/// The live CF object behind `p` (objects are never freed, so `'static`).
+fn cf(p: *const c_void) -> Option<&'static CfObj> {
+    if p.is_null() || !lock(&CF_ALL).contains(&(p as usize)) {
+        return None;
+    }
+    // SAFETY: made by `Box::into_raw` in `cf_new`, never freed.
+    let o = unsafe { &*p.cast::<CfObj>() };
+    (o.refs.load(Ordering::SeqCst) > 0).then_some(o)
+}
+
+fn config_of(p: *mut c_void) -> Option<&'static Mutex<NetInfo>> {
+    match &cf(p)?.value {
+        CfValue::Config(c) => Some(c),
+        CfValue::Network(_) => None,
+    }
+}
+
+fn network_of(p: *mut c_void) -> Option<&'static NetInfo> {
+    match &cf(p)?.value {
+        CfValue::Network(n) => Some(n),
+        CfValue::Config(_) => None,
+    }
+}
+
+/// `void CFRelease(CFTypeRef cf);` for the model's vmnet network objects.
+///
+/// # Safety
+///
+/// None beyond the C contract; unknown pointers are counted, not dereferenced.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn CFRelease(obj: *const c_void) {
+    let Some(o) = cf(obj) else {
+        refuse("CFRelease of no live network object", 0);
+        return;
+    };
+    if o.refs.fetch_sub(1, Ordering::SeqCst) == 1 {
+        CF_LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes `status` through `out` when it is not NULL.
+fn put_status(out: *mut u32, status: u32) {
+    if !out.is_null() {
+        // SAFETY: a non-NULL status out-pointer is writable by the C contract.
+        unsafe { *out = status };
+    }
+}
+
+/// `vmnet_network_configuration_create(vmnet_mode_t mode, vmnet_return_t *status)`: shared or
+/// host mode.
+///
+/// # Safety
+///
+/// `status` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_create(
+    mode: u32,
+    status: *mut u32,
+) -> *mut c_void {
+    called("vmnet_network_configuration_create");
+    let mode = u64::from(mode);
+    if mode != SHARED_MODE && mode != HOST_MODE {
+        put_status(
+            status,
+            refuse(
+                "network configuration of a mode other than shared or host",
+                VMNET_INVALID_ARGUMENT,
+            ),
+        );
+        return std::ptr::null_mut();
+    }
+    let subnet = if mode == SHARED_MODE {
+        [192, 168, 65, 0]
+    } else {
+        [192, 168, 129, 0]
+    };
+    put_status(status, VMNET_SUCCESS);
+    cf_new(CfValue::Config(Mutex::new(NetInfo {
+        id: 0,
+        mode,
+        subnet: subnet.into(),
+        mask: [255, 255, 255, 0].into(),
+        prefix: [
+            0xfd, 0x9b, 0x6d, 0x6f, 0x64, 0x65, 0x6c, 0x01, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        prefix_len: 64,
+        mtu: 1500,
+        dhcp: true,
+    })))
+}
+
+macro_rules! config_flag {
+    ($($name:ident => $body:expr),* $(,)?) => {$(
+        #[doc = concat!("`", stringify!($name), "(vmnet_network_configuration_ref config)`.")]
+        ///
+        /// # Safety
+        ///
+        /// None beyond the C contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(config: *mut c_void) {
+            called(stringify!($name));
+            match config_of(config) {
+                #[allow(clippy::redundant_closure_call)]
+                Some(c) => ($body)(&mut *lock(c)),
+                None => {
+                    refuse("not a network configuration", 0);
+                }
+            }
+        }
+    )*};
+}
+
+config_flag!(
+    vmnet_network_configuration_disable_dhcp => |c: &mut NetInfo| c.dhcp = false,
+    vmnet_network_configuration_disable_dns_proxy => |_: &mut NetInfo| {},
+    vmnet_network_configuration_disable_nat44 => |_: &mut NetInfo| {},
+    vmnet_network_configuration_disable_nat66 => |_: &mut NetInfo| {},
+    vmnet_network_configuration_disable_router_advertisement => |_: &mut NetInfo| {},
+);
+
+/// `vmnet_network_configuration_set_external_interface(config, const char *ifname)`: one of
+/// the bridgeable names (a reading).
+///
+/// # Safety
+///
+/// `ifname` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_set_external_interface(
+    config: *mut c_void,
+    ifname: *const c_char,
+) -> u32 {
+    called("vmnet_network_configuration_set_external_interface");
+    if config_of(config).is_none() || ifname.is_null() {
+        return refuse(
+            "external interface: no configuration or no name",
+            VMNET_INVALID_ARGUMENT,
+        );
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let name = unsafe { CStr::from_ptr(ifname) }
+        .to_string_lossy()
+        .into_owned();
+    if self::config().bridgeable.contains(&name) {
+        VMNET_SUCCESS
+    } else {
+        refuse(
+            "external interface not in the shared interface list",
+            VMNET_INVALID_ARGUMENT,
+        )
+    }
+}
+
+/// `vmnet_network_configuration_set_ipv4_subnet(config, const struct in_addr *subnet, const
+/// struct in_addr *mask)`: a contiguous mask and a subnet address without host bits (a reading).
+///
+/// # Safety
+///
+/// The pointers are NULL or readable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_set_ipv4_subnet(
+    config: *mut c_void,
+    subnet: *const in_addr,
+    mask: *const in_addr,
+) -> u32 {
+    called("vmnet_network_configuration_set_ipv4_subnet");
+    let Some(c) = config_of(config) else {
+        return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
+    };
+    if subnet.is_null() || mask.is_null() {
+        return refuse("NULL subnet or mask", VMNET_INVALID_ARGUMENT);
+    }
+    // SAFETY: non-NULL, readable by the caller's contract.
+    let (s, m) = unsafe {
+        (
+            Ipv4Addr::from((*subnet).s_addr.to_ne_bytes()),
+            Ipv4Addr::from((*mask).s_addr.to_ne_bytes()),
+        )
+    };
+    let (su, mu) = (u32::from(s), u32::from(m));
+    if mu.leading_ones() + mu.trailing_zeros() != 32 || mu.leading_ones() > 30 || su & !mu != 0 {
+        return refuse("bad IPv4 subnet or mask", VMNET_INVALID_ARGUMENT);
+    }
+    let mut c = lock(c);
+    c.subnet = s;
+    c.mask = m;
+    VMNET_SUCCESS
+}
+
+/// `vmnet_network_configuration_set_ipv6_prefix(config, const struct in6_addr *prefix, uint8_t
+/// len)`.
+///
+/// # Safety
+///
+/// `prefix` is NULL or readable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_set_ipv6_prefix(
+    config: *mut c_void,
+    prefix: *const libc::in6_addr,
+    len: u8,
+) -> u32 {
+    called("vmnet_network_configuration_set_ipv6_prefix");
+    let Some(c) = config_of(config) else {
+        return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
+    };
+    if prefix.is_null() || len == 0 || len > 128 {
+        return refuse("bad IPv6 prefix", VMNET_INVALID_ARGUMENT);
+    }
+    // SAFETY: non-NULL, readable by the caller's contract.
+    let p = unsafe { (*prefix).s6_addr };
+    let mut c = lock(c);
+    c.prefix = p;
+    c.prefix_len = len;
+    VMNET_SUCCESS
+}
+
+/// `vmnet_network_configuration_set_mtu(config, uint32_t mtu)`: 1280 to 9000 (a reading).
+///
+/// # Safety
+///
+/// None beyond the C contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_set_mtu(config: *mut c_void, mtu: u32) -> u32 {
+    called("vmnet_network_configuration_set_mtu");
+    let Some(c) = config_of(config) else {
+        return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
+    };
+    if !(1280..=9000).contains(&mtu) {
+        return refuse("network mtu out of range", VMNET_INVALID_ARGUMENT);
+    }
+    lock(c).mtu = mtu;
+    VMNET_SUCCESS
+}
+
+/// `vmnet_network_configuration_add_dhcp_reservation(config, const ether_addr_t *client, const
+/// struct in_addr *reservation)`: accepted and checked, not served (the model's DHCP hands out
+/// the range in order).
+///
+/// # Safety
+///
+/// The pointers are NULL or readable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_add_dhcp_reservation(
+    config: *mut c_void,
+    client: *const [u8; 6],
+    reservation: *const in_addr,
+) -> u32 {
+    called("vmnet_network_configuration_add_dhcp_reservation");
+    if config_of(config).is_none() || client.is_null() || reservation.is_null() {
+        return refuse("DHCP reservation: bad arguments", VMNET_INVALID_ARGUMENT);
+    }
+    VMNET_SUCCESS
+}
+
+/// `vmnet_network_configuration_add_port_forwarding_rule(config, uint8_t protocol, sa_family_t
+/// address_family, uint16_t internal_port, uint16_t external_port, const void
+/// *internal_address)`: TCP or UDP, IPv4 or IPv6 (macOS's `sa_family_t` is one byte).
+///
+/// # Safety
+///
+/// `internal_address` is NULL or an address of `address_family`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_configuration_add_port_forwarding_rule(
+    config: *mut c_void,
+    protocol: u8,
+    address_family: u8,
+    _internal_port: u16,
+    _external_port: u16,
+    internal_address: *const c_void,
+) -> u32 {
+    called("vmnet_network_configuration_add_port_forwarding_rule");
+    if config_of(config).is_none()
+        || !matches!(protocol, 6 | 17)
+        || addr_bytes(address_family, internal_address).is_none()
+    {
+        return refuse(
+            "network port forwarding: bad arguments",
+            VMNET_INVALID_ARGUMENT,
+        );
+    }
+    VMNET_SUCCESS
+}
+
+/// `vmnet_network_create(config, vmnet_return_t *status)`: a new network (a fresh segment).
+///
+/// # Safety
+///
+/// `status` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_create(
+    config: *mut c_void,
+    status: *mut u32,
+) -> *mut c_void {
+    called("vmnet_network_create");
+    let Some(c) = config_of(config) else {
+        put_status(
+            status,
+            refuse("not a network configuration", VMNET_INVALID_ARGUMENT),
+        );
+        return std::ptr::null_mut();
+    };
+    let mut n = lock(c).clone();
+    n.id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+    put_status(status, VMNET_SUCCESS);
+    cf_new(CfValue::Network(n))
+}
+
+const SER_KEYS: [&CStr; 7] = [
+    c"model_network_id",
+    c"model_mode",
+    c"model_subnet",
+    c"model_mask",
+    c"model_prefix_len",
+    c"model_mtu",
+    c"model_dhcp",
+];
+
+/// `vmnet_network_copy_serialization(network, vmnet_return_t *status)`: an xpc object owned by
+/// the caller.
+///
+/// # Safety
+///
+/// `status` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_copy_serialization(
+    network: *mut c_void,
+    status: *mut u32,
+) -> *mut c_void {
+    called("vmnet_network_copy_serialization");
+    let Some(n) = network_of(network) else {
+        put_status(status, refuse("not a network", VMNET_INVALID_ARGUMENT));
+        return std::ptr::null_mut();
+    };
+    let d = xpc::new(xpc::Value::Dict(BTreeMap::new()));
+    let values = [
+        n.id,
+        n.mode,
+        u32::from(n.subnet).into(),
+        u32::from(n.mask).into(),
+        n.prefix_len.into(),
+        n.mtu.into(),
+        n.dhcp.into(),
+    ];
+    for (k, v) in SER_KEYS.iter().zip(values) {
+        // SAFETY: a live dictionary, literal keys.
+        unsafe { xpc::xpc_dictionary_set_uint64(d, k.as_ptr(), v) };
+    }
+    // SAFETY: as above; 16 bytes.
+    unsafe { xpc::xpc_dictionary_set_uuid(d, c"model_prefix".as_ptr(), n.prefix.as_ptr()) };
+    put_status(status, VMNET_SUCCESS);
+    d
+}
+
+/// `vmnet_network_create_with_serialization(xpc_object_t network, vmnet_return_t *status)`:
+/// the same network again (its interfaces share the segment).
+///
+/// # Safety
+///
+/// `status` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_create_with_serialization(
+    network: *mut c_void,
+    status: *mut u32,
+) -> *mut c_void {
+    called("vmnet_network_create_with_serialization");
+    let v: Vec<Option<u64>> = SER_KEYS.iter().map(|k| xpc::read_u64(network, k)).collect();
+    let prefix = xpc::read_uuid(network, c"model_prefix");
+    let (
+        Some(id),
+        Some(mode),
+        Some(sub),
+        Some(mask),
+        Some(plen),
+        Some(mtu),
+        Some(dhcp),
+        Some(prefix),
+    ) = (v[0], v[1], v[2], v[3], v[4], v[5], v[6], prefix)
+    else {
+        put_status(
+            status,
+            refuse("not a network serialization", VMNET_INVALID_ARGUMENT),
+        );
+        return std::ptr::null_mut();
+    };
+    put_status(status, VMNET_SUCCESS);
+    cf_new(CfValue::Network(NetInfo {
+        id,
+        mode,
+        subnet: Ipv4Addr::from(sub as u32),
+        mask: Ipv4Addr::from(mask as u32),
+        prefix,
+        prefix_len: plen as u8,
+        mtu: mtu as u32,
+        dhcp: dhcp != 0,
+    }))
+}
+
+/// `vmnet_network_get_ipv4_subnet(network, struct in_addr *subnet, struct in_addr *mask)`.
+///
+/// # Safety
+///
+/// The out-pointers are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_get_ipv4_subnet(
+    network: *mut c_void,
+    subnet: *mut in_addr,
+    mask: *mut in_addr,
+) {
+    called("vmnet_network_get_ipv4_subnet");
+    let Some(n) = network_of(network) else {
+        refuse("not a network", 0);
+        return;
+    };
+    if !subnet.is_null() && !mask.is_null() {
+        // SAFETY: non-NULL, writable by the caller's contract.
+        unsafe {
+            (*subnet).s_addr = u32::from_ne_bytes(n.subnet.octets());
+            (*mask).s_addr = u32::from_ne_bytes(n.mask.octets());
+        }
+    }
+}
+
+/// `vmnet_network_get_ipv6_prefix(network, struct in6_addr *prefix, uint8_t *prefix_len)`.
+///
+/// # Safety
+///
+/// The out-pointers are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_network_get_ipv6_prefix(
+    network: *mut c_void,
+    prefix: *mut libc::in6_addr,
+    prefix_len: *mut u8,
+) {
+    called("vmnet_network_get_ipv6_prefix");
+    let Some(n) = network_of(network) else {
+        refuse("not a network", 0);
+        return;
+    };
+    if !prefix.is_null() && !prefix_len.is_null() {
+        // SAFETY: non-NULL, writable by the caller's contract.
+        unsafe {
+            (*prefix).s6_addr = n.prefix;
+            *prefix_len = n.prefix_len;
+        }
+    }
+}
+
+/// `vmnet_interface_start_with_network(network, interface_desc, queue, handler)`: as
+/// `vmnet_start_interface`, on the network's segment, with its mode, subnet and MTU.
+///
+/// # Safety
+///
+/// `handler` is NULL or a valid block of the handler's type.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmnet_interface_start_with_network(
+    network: *mut c_void,
+    interface_desc: *mut c_void,
+    queue: *mut c_void,
+    handler: *mut Block<StartFn>,
+) -> *mut c_void {
+    called("vmnet_interface_start_with_network");
+    let Some(n) = network_of(network) else {
+        refuse("start on no network", 0);
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarded.
+    unsafe { start(Some(n.clone()), interface_desc, queue, handler) }
 }

@@ -84,8 +84,6 @@ pub mod sys;
 pub mod xpc;
 #[cfg(all(not(target_os = "macos"), feature = "model"))]
 use vmnet_model as _;
-#[cfg(all(not(target_os = "macos"), feature = "model", feature = "macos-26"))]
-compile_error!("the vmnet model does not implement macOS 26's vmnet_network_* functions yet");
 
 pub use error::{Error, PRIVILEGE_ADVICE, Result, Status};
 pub use options::{Mode, Options};

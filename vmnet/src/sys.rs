@@ -23,7 +23,12 @@ use block2::Block;
 use dispatch2::DispatchQueue;
 
 pub use crate::batch::VmPktDesc as vmpktdesc;
-pub use libc::{in_addr, in6_addr, iovec, sa_family_t};
+#[cfg(target_os = "macos")]
+pub use libc::sa_family_t;
+pub use libc::{in_addr, in6_addr, iovec};
+/// macOS's one-byte `sa_family_t` (for the model feature off macOS, where libc's differs).
+#[cfg(not(target_os = "macos"))]
+pub type sa_family_t = u8;
 
 /// `xpc_object_t`.
 pub type xpc_object_t = *mut c_void;

@@ -204,6 +204,8 @@ mod with_model {
         assert_eq!(rx.recv_timeout(T), Ok(sys::VMNET_SUCCESS));
         a.stop(T).unwrap();
         b.stop(T).unwrap();
+        #[cfg(feature = "macos-26")]
+        network_tour();
 
         let after = model::calls();
         let called: BTreeSet<String> = after
@@ -296,6 +298,63 @@ mod with_model {
             return None;
         }
         (b[240] == 53).then(|| (b[242], Ipv4Addr::new(b[16], b[17], b[18], b[19])))
+    }
+
+    /// The macOS 26 path: a configuration, a network, its serialization and a second network
+    /// from it; one interface on each, which see each other (the same network) and get DHCP from
+    /// the configured subnet.
+    #[cfg(feature = "macos-26")]
+    fn network_tour() {
+        use vmnet::network::{Network, NetworkConfiguration};
+        let mut c = NetworkConfiguration::new(vmnet::Mode::Shared).unwrap();
+        c.set_ipv4_subnet(Ipv4Addr::new(10, 99, 0, 0), Ipv4Addr::new(255, 255, 255, 0))
+            .unwrap();
+        assert!(
+            c.set_ipv4_subnet(Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(255, 255, 255, 0))
+                .is_err()
+        );
+        c.set_ipv6_prefix("fd00:99::".parse().unwrap(), 64).unwrap();
+        c.set_mtu(1500).unwrap();
+        c.set_external_interface("en0").unwrap();
+        c.add_dhcp_reservation([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 99, 0, 50))
+            .unwrap();
+        c.add_port_forward(&PortForward::new(
+            Protocol::Tcp,
+            8080,
+            "10.99.0.50".parse().unwrap(),
+            80,
+        ))
+        .unwrap();
+        c.disable_dns_proxy();
+        c.disable_nat66();
+        c.disable_router_advertisement();
+        let n = Network::new(&c).unwrap();
+        assert_eq!(
+            n.ipv4_subnet(),
+            (Ipv4Addr::new(10, 99, 0, 0), Ipv4Addr::new(255, 255, 255, 0))
+        );
+        assert_eq!(n.ipv6_prefix(), ("fd00:99::".parse().unwrap(), 64));
+        let again = Network::from_serialization(&n.serialize().unwrap()).unwrap();
+        let a = Interface::start_with_network(&n, &Options::shared(), T).unwrap();
+        let b = Interface::start_with_network(&again, &Options::shared(), T).unwrap();
+        assert_eq!(a.params().start_address, Some(Ipv4Addr::new(10, 99, 0, 1)));
+        let mac = a.params().mac.unwrap();
+        a.write_batch(&[dhcp(mac, 1, 99, None)]).unwrap();
+        let offer = expect(&a, |f| dhcp_reply(f, 99).is_some()).expect("no DHCPOFFER");
+        assert_eq!(dhcp_reply(&offer, 99).unwrap().1.octets()[..3], [10, 99, 0]);
+        a.write_batch(&[broadcast(mac, 60)]).unwrap();
+        assert!(expect(&b, |f| f[6..12] == mac).is_some(), "same network");
+        a.stop(T).unwrap();
+        b.stop(T).unwrap();
+        // A network without DHCP: no answer.
+        c.disable_dhcp();
+        c.disable_nat44();
+        let quiet = Network::new(&c).unwrap();
+        let q = Interface::start_with_network(&quiet, &Options::shared(), T).unwrap();
+        let qmac = q.params().mac.unwrap();
+        q.write_batch(&[dhcp(qmac, 1, 100, None)]).unwrap();
+        assert!(expect(&q, |f| dhcp_reply(f, 100).is_some()).is_none());
+        q.stop(T).unwrap();
     }
 
     #[test]
