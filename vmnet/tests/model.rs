@@ -29,6 +29,7 @@ mod without_model {
         the_model_enforces_the_documented_call_limits,
         the_leak_check_catches_a_leak,
         host_mode_reaches_a_linux_stack_over_a_tap,
+        a_stop_while_reads_are_in_flight_is_safe,
     );
 }
 
@@ -635,6 +636,56 @@ mod with_model {
         assert!(
             refused.contains_key("more than 200 packets in one call"),
             "{refused:?}"
+        );
+        a.stop(T).unwrap();
+    }
+
+    #[test]
+    fn a_stop_while_reads_are_in_flight_is_safe() {
+        let _g = Guard::new();
+        let a = start(&Options::host());
+        let b = start(&Options::host());
+        let frame = broadcast(a.params().mac.unwrap(), 60);
+        // SAFETY: only used by the reader below, which the stop races on purpose: the raw
+        // handle outlives the interface, and the model must refuse it once stopped.
+        let h = unsafe { b.as_raw() } as usize;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1514];
+            let (mut ok, mut refused) = (0u64, 0u64);
+            while !s.load(Ordering::SeqCst) {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                let mut d = VmPktDesc {
+                    vm_pkt_size: 1514,
+                    vm_pkt_iov: &mut iov,
+                    vm_pkt_iovcnt: 1,
+                    vm_flags: 0,
+                };
+                let mut n: c_int = 1;
+                // SAFETY: a live descriptor over `buf`; the handle may be stopped meanwhile.
+                match unsafe { sys::vmnet_read(h as sys::interface_ref, &mut d, &mut n) } {
+                    sys::VMNET_SUCCESS => ok += 1,
+                    sys::VMNET_INVALID_ARGUMENT => refused += 1,
+                    other => panic!("vmnet_read during stop: {other}"),
+                }
+            }
+            (ok, refused)
+        });
+        for _ in 0..50 {
+            a.write_batch(std::slice::from_ref(&frame)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        b.stop(T).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::SeqCst);
+        let (ok, refused) = reader.join().unwrap();
+        assert!(
+            ok > 0 && refused > 0,
+            "reads before ({ok}) and after ({refused}) the stop"
         );
         a.stop(T).unwrap();
     }
