@@ -1,5 +1,6 @@
 //! The model of vmnet.framework: the functions and keys of `<vmnet/vmnet.h>` (macOS 11
-//! baseline, plus the keys of 12, 15 and 15.4), with the C ABI the binding declares.
+//! baseline, the keys of 12, 15 and 15.4, and the `vmnet_network_*` functions of 26 with the
+//! `CFRelease` that frees their objects), with the C ABI the binding declares.
 //!
 //! Interfaces of one mode share one Ethernet segment (a learning switch): host-mode interfaces
 //! see each other, as on a Mac; shared mode adds the gateway of [`crate::net`]; bridged mode
