@@ -5,7 +5,9 @@
 //! modules only (status codes and errors, option validation and the exact `interface_desc`
 //! contents, interface parameters, iovec and batch bookkeeping, the linearising write fallback,
 //! readiness and port-forwarding rules), so that the logic that does not need a Mac is compiled
-//! and unit-tested everywhere. Programs that use the binding are in the workspace's `examples`
+//! and unit-tested everywhere. For CI, the test-only `model` feature builds the whole binding on
+//! Linux against `vmnet-model`, a model of vmnet.framework (it stands in for the framework; it
+//! does not replace a run on a Mac). Programs that use the binding are in the workspace's `examples`
 //! package (`vmnet_echo`, `vmnet_async`).
 //!
 //! # Shape
@@ -66,31 +68,36 @@ pub mod options;
 pub mod params;
 pub mod ready;
 
-#[cfg(target_os = "macos")]
+// The runtime modules: on macOS, and off macOS with the test-only `model` feature, which links
+// them against the `vmnet-model` crate instead of the framework (see Cargo.toml).
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod asynch;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod interface;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod keys;
-#[cfg(all(target_os = "macos", feature = "macos-26"))]
+#[cfg(all(any(target_os = "macos", feature = "model"), feature = "macos-26"))]
 pub mod network;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub mod sys;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub mod xpc;
+#[cfg(all(not(target_os = "macos"), feature = "model"))]
+use vmnet_model as _;
 
 pub use error::{Error, PRIVILEGE_ADVICE, Result, Status};
 pub use options::{Mode, Options};
 pub use params::InterfaceParams;
 
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub use asynch::{AsyncInterface, Readable};
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "model"))]
 pub use interface::{Event, Interface, shared_interface_list};
 
-/// Whether this build contains the vmnet binding (true on macOS only).
+/// Whether this build contains the vmnet binding (true on macOS; elsewhere only with the
+/// test-only `model` feature, where it runs against a model of the framework).
 ///
 /// ```
-/// assert_eq!(vmnet::SUPPORTED, cfg!(target_os = "macos"));
+/// assert_eq!(vmnet::SUPPORTED, cfg!(any(target_os = "macos", feature = "model")));
 /// ```
-pub const SUPPORTED: bool = cfg!(target_os = "macos");
+pub const SUPPORTED: bool = cfg!(any(target_os = "macos", feature = "model"));

@@ -23,7 +23,12 @@ use block2::Block;
 use dispatch2::DispatchQueue;
 
 pub use crate::batch::VmPktDesc as vmpktdesc;
-pub use libc::{in_addr, in6_addr, iovec, sa_family_t};
+#[cfg(target_os = "macos")]
+pub use libc::sa_family_t;
+pub use libc::{in_addr, in6_addr, iovec};
+/// macOS's one-byte `sa_family_t` (for the model feature off macOS, where libc's differs).
+#[cfg(not(target_os = "macos"))]
+pub type sa_family_t = u8;
 
 /// `xpc_object_t`.
 pub type xpc_object_t = *mut c_void;
@@ -93,7 +98,7 @@ pub type vmnet_interface_get_port_forwarding_rules_handler_t = *mut Block<dyn Fn
 /// xpc_object_t rules);` (macOS 11)
 pub type vmnet_interface_get_ip_port_forwarding_rules_handler_t = *mut Block<dyn Fn(xpc_object_t)>;
 
-#[link(name = "vmnet", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "vmnet", kind = "framework"))]
 unsafe extern "C" {
     /// The mode (uint64), `interface_desc`.
     pub static vmnet_operation_mode_key: *const c_char;
@@ -269,14 +274,14 @@ unsafe extern "C" {
 }
 
 #[cfg(feature = "macos-12")]
-#[link(name = "vmnet", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "vmnet", kind = "framework"))]
 unsafe extern "C" {
     /// Enable checksum offload (bool) (macOS 12).
     pub static vmnet_enable_checksum_offload_key: *const c_char;
 }
 
 #[cfg(feature = "macos-15")]
-#[link(name = "vmnet", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "vmnet", kind = "framework"))]
 unsafe extern "C" {
     /// The maximum `*pktcnt` of `vmnet_read` (uint64), `interface_param` (macOS 15).
     pub static vmnet_read_max_packets_key: *const c_char;
@@ -285,7 +290,7 @@ unsafe extern "C" {
 }
 
 #[cfg(feature = "macos-15-4")]
-#[link(name = "vmnet", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "vmnet", kind = "framework"))]
 unsafe extern "C" {
     /// Prefix every packet with a virtio-net header (bool) (macOS 15.4).
     pub static vmnet_enable_virtio_header_key: *const c_char;
@@ -329,7 +334,7 @@ pub struct ether_addr_t {
 }
 
 #[cfg(feature = "macos-26")]
-#[link(name = "vmnet", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "vmnet", kind = "framework"))]
 unsafe extern "C" {
     /// `vmnet_network_configuration_ref __nullable
     /// vmnet_network_configuration_create(vmnet_mode_t mode, vmnet_return_t *status);`
@@ -441,7 +446,7 @@ unsafe extern "C" {
 }
 
 #[cfg(feature = "macos-26")]
-#[link(name = "CoreFoundation", kind = "framework")]
+#[cfg_attr(target_os = "macos", link(name = "CoreFoundation", kind = "framework"))]
 unsafe extern "C" {
     /// `void CFRelease(CFTypeRef cf);` — releases vmnet network and configuration objects.
     pub fn CFRelease(cf: *const c_void);

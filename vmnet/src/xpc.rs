@@ -216,7 +216,7 @@ impl XpcDictionary {
     ///
     /// let d = XpcDictionary::from_entries(
     ///     &[(Key::Mtu, Value::U64(1500))],
-    ///     |_| Ok(c"vmnet_mtu"),
+    ///     |_| Ok::<_, std::convert::Infallible>(c"vmnet_mtu"),
     /// ).unwrap();
     /// assert_eq!(d.get_u64(c"vmnet_mtu"), 1500);
     /// ```

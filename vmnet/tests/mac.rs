@@ -5,19 +5,25 @@
 //! sudo cargo test -p vmnet --test mac -- --include-ignored --test-threads=1 --nocapture
 //! ```
 //!
-//! They are ignored unless asked for (`--include-ignored`): elsewhere they cannot run, and on a
-//! Mac they need root or the entitlement. When asked for they run for real: a missing privilege
-//! or a missing feature fails the test with the reason, it never passes silently. On other
-//! systems the same names exist, ignored, so `cargo test` counts them as ignored, not passed.
+//! On a Mac they are ignored unless asked for (`--include-ignored`): they need root or the
+//! entitlement. When asked for they run for real: a missing privilege or a missing feature fails
+//! the test with the reason, it never passes silently.
+//!
+//! On Linux, `cargo test -p vmnet --features model` runs the same tests against `vmnet-model`,
+//! a model of the framework (it stands in for the framework, it does not replace this run on a
+//! Mac); after each test the model's accounting must show no leaked or over-released xpc object,
+//! dispatch queue, block or interface. Without the feature the same names exist, ignored, so
+//! `cargo test` counts them as ignored, not passed.
 
-#[cfg(not(target_os = "macos"))]
+#[cfg(not(any(target_os = "macos", feature = "model")))]
 mod not_mac {
-    //! The names of the Mac tests, ignored: vmnet.framework exists on macOS only.
+    //! The names of the Mac tests, ignored: vmnet.framework exists on macOS only (the `model`
+    //! feature runs them against the model).
 
     macro_rules! mac_only {
         ($($name:ident),* $(,)?) => {$(
             #[test]
-            #[ignore = "macOS-only: vmnet.framework"]
+            #[ignore = "macOS-only: vmnet.framework (on Linux: --features model)"]
             fn $name() {
                 panic!("vmnet.framework exists on macOS only; this test cannot run here");
             }
@@ -38,7 +44,11 @@ mod not_mac {
     );
 }
 
-#[cfg(target_os = "macos")]
+#[cfg(all(not(target_os = "macos"), feature = "model"))]
+#[path = "common/model_guard.rs"]
+mod model_guard;
+
+#[cfg(any(target_os = "macos", feature = "model"))]
 mod mac {
     use std::net::Ipv4Addr;
     use std::sync::Arc;
@@ -52,6 +62,22 @@ mod mac {
 
     const START: Duration = Duration::from_secs(15);
     const STOP: Duration = Duration::from_secs(5);
+
+    /// Nothing to account for on a Mac.
+    #[cfg(target_os = "macos")]
+    struct Guard;
+
+    #[cfg(target_os = "macos")]
+    fn guard() -> Guard {
+        Guard
+    }
+
+    /// Under the model: one test at a time (the model's switches and counts are process-wide),
+    /// and when the test ends, the leak check.
+    #[cfg(not(target_os = "macos"))]
+    fn guard() -> super::model_guard::Guard {
+        super::model_guard::Guard::new()
+    }
 
     /// Starts an interface; a test that cannot start one fails with the reason.
     fn start(name: &str, options: &Options) -> Interface {
@@ -70,8 +96,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn start_shared() {
+        let _guard = guard();
         let iface = start("start_shared", &Options::shared());
         check_params(&iface);
         assert!(iface.params().mac.is_some());
@@ -80,16 +110,24 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn start_host() {
+        let _guard = guard();
         let iface = start("start_host", &Options::host());
         check_params(&iface);
         drop(iface); // Drop stops too
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn start_bridged() {
+        let _guard = guard();
         let name = vmnet::shared_interface_list()
             .into_iter()
             .next()
@@ -101,6 +139,7 @@ mod mac {
 
     #[test]
     fn invalid_options_fail_before_the_framework() {
+        let _guard = guard();
         let err = Interface::start(&Options::new(vmnet::Mode::Bridged), START).unwrap_err();
         assert!(matches!(err, Error::InvalidOptions(_)), "{err:?}");
     }
@@ -147,8 +186,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn echo_answers_arp_between_two_host_interfaces() {
+        let _guard = guard();
         const NAME: &str = "echo_answers_arp_between_two_host_interfaces";
         let a = start(NAME, &Options::host());
         let b = start(NAME, &Options::host());
@@ -186,8 +229,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn async_echo_answers_ping() {
+        let _guard = guard();
         const NAME: &str = "async_echo_answers_ping";
         let a = start(NAME, &Options::host());
         let b = start(NAME, &Options::host());
@@ -233,8 +280,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn short_buffers_and_large_packets_are_errors() {
+        let _guard = guard();
         const NAME: &str = "short_buffers_and_large_packets_are_errors";
         let iface = start(NAME, &Options::host());
         let max = iface.limits().read_capacity();
@@ -256,8 +307,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn panicking_callback_is_contained() {
+        let _guard = guard();
         const NAME: &str = "panicking_callback_is_contained";
         let a = start(NAME, &Options::host());
         let b = start(NAME, &Options::host());
@@ -290,8 +345,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn virtio_header_mode_carries_a_full_frame_and_its_header() {
+        let _guard = guard();
         // Defect 1 of issue 11: does vmnet_max_packet_size count the 12-byte header? Whatever
         // the answer, a full MTU-size frame with its header must go through.
         const NAME: &str = "virtio_header_mode_carries_a_full_frame_and_its_header";
@@ -320,8 +379,12 @@ mod mac {
     }
 
     #[test]
-    #[ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"]
+    #[cfg_attr(
+        target_os = "macos",
+        ignore = "needs root or the vmnet entitlement (sudo ... -- --include-ignored)"
+    )]
     fn a_batch_larger_than_one_call_is_written_whole() {
+        let _guard = guard();
         // 250 full-size frames: 378 KB, more than the 256 KB and 200 packets one call may move.
         const NAME: &str = "a_batch_larger_than_one_call_is_written_whole";
         let a = start(NAME, &Options::host());

@@ -17,7 +17,8 @@ pub mod mem;
 pub mod socket;
 #[cfg(target_os = "linux")]
 pub mod tap;
-#[cfg(all(target_os = "macos", feature = "vmnet"))]
+// Off macOS only with the test-only `vmnet-model` feature (the binding against a model).
+#[cfg(all(any(target_os = "macos", feature = "vmnet-model"), feature = "vmnet"))]
 pub mod vmnet;
 
 /// A slice of guest memory, as handed to backends.
