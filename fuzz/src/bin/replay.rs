@@ -14,7 +14,9 @@ static CURRENT: Mutex<String> = Mutex::new(String::new());
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let target = args.next().expect("usage: replay <target> <file or directory>...");
+    let target = args
+        .next()
+        .expect("usage: replay <target> <file or directory>...");
     let run: fn(&[u8]) = match target.as_str() {
         "net_datapath" => vmm_fuzz::datapath::run,
         "mmio_transport" => vmm_fuzz::transport::run,
