@@ -53,3 +53,8 @@ pub mod serial;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod virtio;
+
+// The README's examples run as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

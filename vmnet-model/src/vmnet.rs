@@ -477,16 +477,16 @@ fn switch_from(
         fdb.insert((seg.clone(), src), me);
         fdb.get(&(seg.clone(), dst)).copied()
     };
-    if let Some(from) = reply_to {
-        if dst == GATEWAY_MAC || is_group(&dst) {
-            let replies = lock(&GATEWAYS)
-                .as_mut()
-                .and_then(|g| g.get_mut(seg))
-                .map(|g| g.handle(frame))
-                .unwrap_or_default();
-            for r in replies {
-                enqueue(from, &r, None);
-            }
+    if let Some(from) = reply_to
+        && (dst == GATEWAY_MAC || is_group(&dst))
+    {
+        let replies = lock(&GATEWAYS)
+            .as_mut()
+            .and_then(|g| g.get_mut(seg))
+            .map(|g| g.handle(frame))
+            .unwrap_or_default();
+        for r in replies {
+            enqueue(from, &r, None);
         }
     }
     if dst == GATEWAY_MAC {
@@ -1264,18 +1264,18 @@ pub unsafe extern "C" fn vmnet_stop_interface(
     lock(&i.rx).clear();
     lock(&i.queue).take();
     lock(&i.rules).clear();
-    if lock(&IFACES).values().all(|o| o.segment != i.segment) {
-        if let Some(g) = lock(&GATEWAYS).as_mut() {
-            g.remove(&i.segment);
-        }
+    if lock(&IFACES).values().all(|o| o.segment != i.segment)
+        && let Some(g) = lock(&GATEWAYS).as_mut()
+    {
+        g.remove(&i.segment);
     }
     lock(&DEAD).push(i);
     on_queue(&q, move || block.0.call((VMNET_SUCCESS,)));
-    if let Some(e) = events {
-        if config().event_after_stop {
-            let Events { queue, block, .. } = e;
-            on_queue(&queue, move || deliver_event(&block, 1));
-        }
+    if let Some(e) = events
+        && config().event_after_stop
+    {
+        let Events { queue, block, .. } = e;
+        on_queue(&queue, move || deliver_event(&block, 1));
     }
     VMNET_SUCCESS
 }

@@ -175,11 +175,11 @@ fn release_ptr(p: Ptr) {
 /// None beyond the C contract; invalid pointers are counted, not dereferenced.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xpc_retain(object: *mut c_void) -> *mut c_void {
-    if let Some(obj) = get(object) {
-        if obj.refs.fetch_add(1, Ordering::SeqCst) <= 0 {
-            obj.refs.fetch_sub(1, Ordering::SeqCst);
-            USE_AFTER_FREE.fetch_add(1, Ordering::SeqCst);
-        }
+    if let Some(obj) = get(object)
+        && obj.refs.fetch_add(1, Ordering::SeqCst) <= 0
+    {
+        obj.refs.fetch_sub(1, Ordering::SeqCst);
+        USE_AFTER_FREE.fetch_add(1, Ordering::SeqCst);
     }
     object
 }

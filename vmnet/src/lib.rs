@@ -46,7 +46,7 @@
 //! let params = iface.params().clone();
 //! let mut bufs = vec![vec![0u8; iface.limits().read_capacity()]; params.read_batch()];
 //! let mut lens = vec![0usize; bufs.len()];
-//! if iface.wait_readable(Some(Duration::from_secs(5)))? {
+//! if iface.wait_readable(Some(Duration::from_secs(5))) {
 //!     let n = iface.read_batch(&mut bufs, &mut lens)?;
 //!     println!("read {n} packets");
 //! }
@@ -101,3 +101,8 @@ pub use interface::{Event, Interface, shared_interface_list};
 /// assert_eq!(vmnet::SUPPORTED, cfg!(any(target_os = "macos", feature = "model")));
 /// ```
 pub const SUPPORTED: bool = cfg!(any(target_os = "macos", feature = "model"));
+
+// The README's examples run as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

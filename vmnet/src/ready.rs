@@ -3,7 +3,7 @@
 //!
 //! The event callback runs on a GCD queue and calls [`Readiness::signal`]; a blocking reader waits
 //! with [`Readiness::wait`], an async reader polls [`Readiness::poll_ready`] (an
-//! [`AtomicWaker`](atomic_waker::AtomicWaker) holds its waker). A reader clears the flag with
+//! [`AtomicWaker`] holds its waker). A reader clears the flag with
 //! [`Readiness::clear`] *before* reading, so an event that arrives during the read is not lost,
 //! and reads until the framework returns no packet: vmnet never repeats an event for packets that
 //! were already pending (docs/design.md, "vmnet facts").

@@ -380,11 +380,8 @@ impl XpcDictionary {
     }
 }
 
-/// An owned xpc array.
-///
-/// ```no_run
-/// // Arrays come from the framework, e.g. vmnet::shared_interface_list().
-/// ```
+/// An owned xpc array. Arrays come from the framework (`vmnet::shared_interface_list()` reads
+/// one).
 #[derive(Debug)]
 pub struct XpcArray {
     obj: XpcObject,

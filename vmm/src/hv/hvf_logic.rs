@@ -1,4 +1,4 @@
-//! The portable half of the Hypervisor.framework backend: everything [`super::hvf`] decides,
+//! The portable half of the Hypervisor.framework backend: everything `super::hvf` decides,
 //! written against small traits so that it compiles and is unit-tested on every host.
 //!
 //! - [`IrqForwarder`]: the VMM's interrupt thread. It waits on the devices' interrupt
