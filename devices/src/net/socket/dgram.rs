@@ -489,15 +489,7 @@ fn send_batch(fd: BorrowedFd<'_>, msgs: &mut [Msg]) -> io::Result<usize> {
 
 impl Backend for DgramBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            vnet_hdr: false,
-            offloads: Offloads::NONE,
-            mtu: Some(self.opts.mtu),
-            mac: None,
-            max_frame_len: self.opts.max_frame_len(),
-            rx_batch: 64,
-            tx_batch: 64,
-        }
+        self.opts.backend_info()
     }
 
     fn ready_fd(&self) -> BorrowedFd<'_> {

@@ -72,6 +72,20 @@ impl SocketOptions {
     pub fn max_frame_len(&self) -> usize {
         usize::from(self.mtu) + ETH_OVERHEAD
     }
+
+    /// What a socket backend offers the device: plain Ethernet frames (no virtio-net header, so
+    /// no offloads) of up to [`max_frame_len`](Self::max_frame_len), in batches of 64.
+    pub(crate) fn backend_info(&self) -> super::BackendInfo {
+        super::BackendInfo {
+            vnet_hdr: false,
+            offloads: super::Offloads::NONE,
+            mtu: Some(self.mtu),
+            mac: None,
+            max_frame_len: self.max_frame_len(),
+            rx_batch: 64,
+            tx_batch: 64,
+        }
+    }
 }
 
 /// Which framing a socket carries.

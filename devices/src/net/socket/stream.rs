@@ -266,15 +266,7 @@ impl StreamBackend {
 
 impl Backend for StreamBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            vnet_hdr: false,
-            offloads: Offloads::NONE,
-            mtu: Some(self.opts.mtu),
-            mac: None,
-            max_frame_len: self.opts.max_frame_len(),
-            rx_batch: 64,
-            tx_batch: 64,
-        }
+        self.opts.backend_info()
     }
 
     fn ready_fd(&self) -> BorrowedFd<'_> {
