@@ -5,7 +5,7 @@
 //! marked [`Fact::needed`]; the report ends with one `RESULT` line and the process exits
 //! non-zero exactly when a needed fact failed ([`Report::exit_code`]).
 //!
-//! The probes themselves are per host: [`linux`] (KVM, arm64, vGICv3, irqfd/ioeventfd, TAP) and
+//! The probes themselves are per host: `linux` (KVM, arm64, vGICv3, irqfd/ioeventfd, TAP) and
 //! `macos` (Hypervisor.framework, the in-kernel GIC, vmnet). This file holds what is the same
 //! everywhere and is unit-tested on every host: the report, its formatting and verdict, and the
 //! frames the network probes exchange.

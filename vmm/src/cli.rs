@@ -632,7 +632,7 @@ pub struct Args {
     ///
     /// tap:NAME (Linux), vmnet-shared, vmnet-host, vmnet-bridged:IFACE (macOS);
     /// stream:PATH: a Unix stream socket, frames behind a 4-byte length (passt,
-    /// socket_vmnet, QEMU -netdev stream); dgram:PATH[,vfkit]: a Unix datagram socket, a
+    /// socket_vmnet, QEMU -netdev stream); dgram:PATH or dgram:PATH,vfkit: a Unix datagram socket, a
     /// frame per datagram (vmnet-helper, QEMU -netdev dgram; gvproxy needs ,vfkit);
     /// dgram-listen:PATH: bind PATH and link with the first peer that sends to it (another
     /// vmm's dgram:PATH: VM to VM without root); fd:N,stream|dgram: an inherited connected

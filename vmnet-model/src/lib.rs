@@ -3,7 +3,7 @@
 //! documents, so that the binding's runtime code (and what is built on it) runs in CI.
 //!
 //! **This is not the framework.** It stands in for it where no Mac is available; behaviour the
-//! documentation leaves open is a [`vmnet::Config`] switch, and every rule cites its source.
+//! documentation leaves open is a `vmnet::Config` switch, and every rule cites its source.
 //! A run on a Mac remains the only proof that the binding works with the real framework.
 //!
 //! Linking: a crate that uses the binding with its `model` feature links this crate; its

@@ -10,8 +10,8 @@
 //! Batch sizes (docs/design.md): at most [`MAX_BATCH`] (128) packets per call, because public
 //! tuning found no gain above 128, and never more than the interface's read/write maximum.
 //! Each call also stays within Apple's per-call limits (at most
-//! [`MAX_PACKETS_PER_CALL`](crate::limits::MAX_PACKETS_PER_CALL) packets and
-//! [`MAX_BYTES_PER_CALL`](crate::limits::MAX_BYTES_PER_CALL) bytes): [`split_calls`] and
+//! [`MAX_PACKETS_PER_CALL`] packets and
+//! [`MAX_BYTES_PER_CALL`] bytes): [`split_calls`] and
 //! [`Batch::calls`] cut a batch into calls that respect all of these.
 
 use std::ops::Range;
