@@ -121,6 +121,12 @@ pub struct Tap {
     iov: Vec<(usize, usize)>,
 }
 
+// `Tap::iov` keeps its buffer only while the layouts match (see `crate::scratch::recycle`).
+const _: () = assert!(
+    size_of::<libc::iovec>() == size_of::<(usize, usize)>()
+        && align_of::<libc::iovec>() == align_of::<(usize, usize)>()
+);
+
 impl Tap {
     /// Opens the TAP interface `name`, creating it if it does not exist (a created interface
     /// goes away when the device closes it, unless it was made persistent beforehand).
