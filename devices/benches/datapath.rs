@@ -6,9 +6,9 @@
 //! transport, thread or notifier wait), the per-frame cost of the device code itself.
 //!
 //! Run with `cargo bench -p devices --bench datapath`. Prints Markdown tables.
-//! `cargo bench -p devices --bench datapath -- direct [frames=N]` runs only the second table
-//! (with N frames per row): two runs under `valgrind --tool=callgrind` with different N give
-//! the instructions per frame, which a loaded machine does not change.
+//! `cargo bench -p devices --bench datapath -- direct [frames=N] [size=B]` runs only the second
+//! table (N frames per row, only B-byte frames): two runs under `valgrind --tool=callgrind` with
+//! different N give the instructions per frame, which a loaded machine does not change.
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -179,6 +179,13 @@ fn main() {
         (1500, 200_000),
         (65_536 - HDR - 14, 20_000),
     ];
+    let only_size: Option<usize> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("size=").and_then(|n| n.parse().ok()));
+    let sizes: Vec<(usize, u64)> = sizes
+        .into_iter()
+        .filter(|s| only_size.is_none_or(|o| o == s.0))
+        .collect();
     let count = |frames: u64| forced.unwrap_or(if quick { frames / 100 } else { frames });
     if !direct_only {
         println!(
