@@ -9,6 +9,21 @@
 //! zero-length buffer or a frame above the negotiated maximum is returned to the driver as used
 //! with length 0, counted in [`NetMetrics`] and logged at a limited rate. Frames move through
 //! `VolatileSlice`s straight between guest memory and the backend: no copy in the device.
+//!
+//! The parts:
+//!
+//! - a *pass* (`tx_rounds`, `rx_rounds`) is rounds of work with the driver's kicks off, ended
+//!   by `rearm`, which turns kicks back on and looks once more for buffers added meanwhile;
+//! - TX: `fill_tx_batch` pops and checks chains into a [`TxBatch`](tx::TxBatch),
+//!   `send_tx_batch` hands it to the backend and returns its chains;
+//! - RX: `refill_stash` pops and checks chains into the [`RxBuffers`](rx::RxBuffers), which plan
+//!   frames into them, receive from the backend and complete the frames; `publish_used_batch`
+//!   then makes them visible to the driver in one go;
+//! - `notify_used` decides on the interrupt for both queues;
+//! - `chain.rs` walks and checks descriptor chains and turns them into guest-memory slices.
+//!
+//! Every vector a batch needs is kept from batch to batch (see `crate::scratch`): once the
+//! largest batch has been seen, moving frames allocates nothing (`devices/tests/no_alloc.rs`).
 
 use std::mem::{offset_of, size_of};
 use std::num::Wrapping;
