@@ -8,13 +8,16 @@
 # runs reuse; it stops after SECONDS or after MAX_RUNS executions (default 10 million), or at the
 # first failure, whose input libFuzzer writes under fuzz/artifacts/<target>/. Logs go to
 # fuzz/work/<target>.log. Needs the nightly toolchain and cargo-fuzz
-# (`cargo install cargo-fuzz`). TARGETS="a b" runs a subset.
+# (`cargo install cargo-fuzz`). TARGETS="a b" runs a subset. FUZZ_FLAGS adds cargo-fuzz options to
+# the build and the runs, e.g. FUZZ_FLAGS="-s none --no-trace-compares" (no AddressSanitizer, no
+# comparison tracing: the data path campaign's setting, see README.md).
 set -uo pipefail
 
 secs=${1:?usage: fuzz/run.sh SECONDS [MAX_RUNS]}
 max_runs=${2:-10000000}
 cd "$(dirname "$0")"
 targets=${TARGETS:-"mmio_transport net_datapath boot_image esr_psci"}
+read -r -a flags <<<"${FUZZ_FLAGS:-}"
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "cargo-fuzz is missing: cargo install cargo-fuzz (and rustup toolchain install nightly)" >&2
@@ -22,7 +25,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 # One build for all targets (builds are kept to one at a time).
-cargo +nightly fuzz build >/dev/null 2>work-build.log || { cat work-build.log >&2; exit 2; }
+cargo +nightly fuzz build "${flags[@]}" >/dev/null 2>work-build.log || { cat work-build.log >&2; exit 2; }
 rm -f work-build.log
 
 rows=()
@@ -30,7 +33,7 @@ status=0
 for t in $targets; do
     mkdir -p "work/$t"
     log="work/$t.log"
-    cargo +nightly fuzz run "$t" "work/$t" "corpus/$t" -- \
+    cargo +nightly fuzz run "${flags[@]}" "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$secs" -runs="$max_runs" -jobs=1 -workers=1 -timeout=60 \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?

@@ -2,7 +2,13 @@
 //! guest memory, the I/O worker thread, notifiers) against an in-memory backend, beside a plain
 //! `memcpy` of the same bytes measured in the same run: the physical limit of moving them once.
 //!
-//! Run with `cargo bench -p devices --bench datapath`. Prints a Markdown table.
+//! A second table times the data path alone (`rig/direct.rs`: `DataPath` driven directly, no
+//! transport, thread or notifier wait), the per-frame cost of the device code itself.
+//!
+//! Run with `cargo bench -p devices --bench datapath`. Prints Markdown tables.
+//! `cargo bench -p devices --bench datapath -- direct [frames=N] [size=B]` runs only the second
+//! table (N frames per row, only B-byte frames): two runs under `valgrind --tool=callgrind` with
+//! different N give the instructions per frame, which a loaded machine does not change.
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -15,6 +21,10 @@ use devices::virtio::GuestMemory;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig};
 use vm_memory::{Bytes, GuestAddress};
+
+mod rig;
+
+use rig::direct;
 
 const QUEUE: u16 = 256;
 const MRG_RXBUF: u64 = 1 << 15;
@@ -133,27 +143,79 @@ fn memcpy(size: usize, frames: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / frames as f64
 }
 
+/// The data path alone, guest-to-backend then backend-to-guest: ns per frame each way.
+fn direct(size: usize, frames: u64) -> (f64, f64) {
+    const BATCH: u16 = 64;
+    let mut r = direct::Rig::new(size, BATCH);
+    let rounds = frames.div_ceil(u64::from(BATCH));
+    // One round of warm-up: the scratch vectors reach their size.
+    r.tx_batch();
+    r.rx_batch();
+    let start = Instant::now();
+    for _ in 0..rounds {
+        r.tx_batch();
+    }
+    let tx = start.elapsed().as_nanos() as f64;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        r.rx_batch();
+    }
+    let rx = start.elapsed().as_nanos() as f64;
+    r.assert_moved((rounds + 1) * u64::from(BATCH));
+    let n = (rounds * u64::from(BATCH)) as f64;
+    (tx / n, rx / n)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run a short pass.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    println!(
-        "| frame | direction | device ns/frame | device Mpps | device Gbit/s | memcpy ns/frame | device / memcpy |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for &(size, frames) in &[
+    let args: Vec<String> = std::env::args().collect();
+    let quick = !args.iter().any(|a| a == "--bench");
+    let direct_only = args.iter().any(|a| a == "direct");
+    let forced: Option<u64> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("frames=").and_then(|n| n.parse().ok()));
+    let sizes = [
         (64usize, 200_000u64),
         (1500, 200_000),
         (65_536 - HDR - 14, 20_000),
-    ] {
-        let frames = if quick { frames / 100 } else { frames };
+    ];
+    let only_size: Option<usize> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("size=").and_then(|n| n.parse().ok()));
+    let sizes: Vec<(usize, u64)> = sizes
+        .into_iter()
+        .filter(|s| only_size.is_none_or(|o| o == s.0))
+        .collect();
+    let count = |frames: u64| forced.unwrap_or(if quick { frames / 100 } else { frames });
+    if !direct_only {
+        println!(
+            "| frame | direction | device ns/frame | device Mpps | device Gbit/s | memcpy ns/frame | device / memcpy |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for &(size, frames) in &sizes {
+            let frames = count(frames);
+            let m = memcpy(size, frames * 10);
+            for (dir, ns) in [("TX", tx(size, frames)), ("RX", rx(size, frames))] {
+                let mpps = 1e3 / ns;
+                let gbit = size as f64 * 8.0 / ns;
+                println!(
+                    "| {size} B | {dir} | {ns:.0} | {mpps:.2} | {gbit:.2} | {m:.0} | {:.1}x |",
+                    ns / m
+                );
+            }
+        }
+        println!();
+    }
+    println!("Data path alone (no transport, no thread):");
+    println!();
+    println!("| frame | direction | data path ns/frame | memcpy ns/frame | data path / memcpy |");
+    println!("|---|---|---|---|---|");
+    for &(size, frames) in &sizes {
+        let frames = count(frames);
         let m = memcpy(size, frames * 10);
-        for (dir, ns) in [("TX", tx(size, frames)), ("RX", rx(size, frames))] {
-            let mpps = 1e3 / ns;
-            let gbit = size as f64 * 8.0 / ns;
-            println!(
-                "| {size} B | {dir} | {ns:.0} | {mpps:.2} | {gbit:.2} | {m:.0} | {:.1}x |",
-                ns / m
-            );
+        let (tx, rx) = direct(size, frames);
+        for (dir, ns) in [("TX", tx), ("RX", rx)] {
+            println!("| {size} B | {dir} | {ns:.0} | {m:.0} | {:.1}x |", ns / m);
         }
     }
 }

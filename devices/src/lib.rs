@@ -49,6 +49,7 @@ pub mod event;
 pub mod irq;
 pub mod net;
 pub mod ratelimit;
+mod scratch;
 pub mod serial;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::{Backend, BackendInfo, GuestSlice, Offloads, RxFrame, TxFrame, VNET_HDR_LEN};
+use crate::scratch::recycle;
 
 // ioctl numbers from <linux/if_tun.h>: _IOW('T', nr, int/unsigned int). They are the same on
 // every Linux architecture this project targets (x86_64, aarch64).
@@ -115,7 +116,16 @@ pub struct Tap {
     file: File,
     name: String,
     mtu: u16,
+    /// The iovec buffer of `readv`/`writev`, kept between calls (empty, and typed without the
+    /// raw pointers that would make the backend `!Send`): no allocation per frame.
+    iov: Vec<(usize, usize)>,
 }
+
+// `Tap::iov` keeps its buffer only while the layouts match (see `crate::scratch::recycle`).
+const _: () = assert!(
+    size_of::<libc::iovec>() == size_of::<(usize, usize)>()
+        && align_of::<libc::iovec>() == align_of::<(usize, usize)>()
+);
 
 impl Tap {
     /// Opens the TAP interface `name`, creating it if it does not exist (a created interface
@@ -177,6 +187,7 @@ impl Tap {
             file,
             name: actual,
             mtu,
+            iov: Vec::new(),
         };
         tap.set_offload_flags(0)
             .map_err(|e| configure("TUNSETOFFLOAD", e))?;
@@ -287,34 +298,43 @@ impl Backend for Tap {
 
     fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {
         let fd = self.file.as_raw_fd();
-        let mut iov = Vec::with_capacity(8);
-        for (i, f) in frames.iter_mut().enumerate() {
-            iovecs(f.bufs, &mut iov);
-            // SAFETY: each iovec describes a VolatileSlice of guest memory that was checked
-            // against the guest memory map and stays mapped while `frames` borrows it; the
-            // kernel writes at most iov_len bytes to each.
-            let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-            match frame_done(n, i) {
-                Ok(len) => f.len = len,
-                Err(stop) => return stop,
+        let mut iov: Vec<libc::iovec> = recycle(std::mem::take(&mut self.iov));
+        let result = (|| {
+            for (i, f) in frames.iter_mut().enumerate() {
+                iovecs(f.bufs, &mut iov);
+                // SAFETY: each iovec describes a VolatileSlice of guest memory that was checked
+                // against the guest memory map and stays mapped while `frames` borrows it; the
+                // kernel writes at most iov_len bytes to each.
+                let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+                match frame_done(n, i) {
+                    Ok(len) => f.len = len,
+                    Err(stop) => return stop,
+                }
             }
-        }
-        Ok(frames.len())
+            Ok(frames.len())
+        })();
+        self.iov = recycle(iov);
+        result
     }
 
     fn send(&mut self, frames: &[TxFrame<'_, '_>]) -> io::Result<usize> {
         let fd = self.file.as_raw_fd();
-        let mut iov = Vec::with_capacity(8);
-        for (i, f) in frames.iter().enumerate() {
-            iovecs(f.bufs, &mut iov);
-            // SAFETY: each iovec describes a VolatileSlice of guest memory checked against the
-            // guest memory map and borrowed for the call; the kernel only reads from them.
-            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-            if let Err(stop) = frame_done(n, i) {
-                return stop;
+        let mut iov: Vec<libc::iovec> = recycle(std::mem::take(&mut self.iov));
+        let result = (|| {
+            for (i, f) in frames.iter().enumerate() {
+                iovecs(f.bufs, &mut iov);
+                // SAFETY: each iovec describes a VolatileSlice of guest memory checked against
+                // the guest memory map and borrowed for the call; the kernel only reads from
+                // them.
+                let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+                if let Err(stop) = frame_done(n, i) {
+                    return stop;
+                }
             }
-        }
-        Ok(frames.len())
+            Ok(frames.len())
+        })();
+        self.iov = recycle(iov);
+        result
     }
 
     fn set_rx_offloads(&mut self, o: Offloads) -> io::Result<()> {

@@ -9,22 +9,43 @@
 //! zero-length buffer or a frame above the negotiated maximum is returned to the driver as used
 //! with length 0, counted in [`NetMetrics`] and logged at a limited rate. Frames move through
 //! `VolatileSlice`s straight between guest memory and the backend: no copy in the device.
+//!
+//! The parts:
+//!
+//! - a *pass* (`tx_rounds`, `rx_rounds`) is rounds of work with the driver's kicks off, ended
+//!   by `rearm`, which turns kicks back on and looks once more for buffers added meanwhile;
+//! - TX: `fill_tx_batch` pops and checks chains into a [`TxBatch`](tx::TxBatch),
+//!   `send_tx_batch` hands it to the backend and returns its chains;
+//! - RX: `refill_stash` pops and checks chains into the [`RxBuffers`](rx::RxBuffers), which plan
+//!   frames into them, receive from the backend and complete the frames; `publish_used_batch`
+//!   then makes them visible to the driver in one go;
+//! - `notify_used` decides on the interrupt for both queues;
+//! - `chain.rs` walks and checks descriptor chains and turns them into guest-memory slices.
+//!
+//! Every vector a batch needs is kept from batch to batch (see `crate::scratch`): once the
+//! largest batch has been seen, moving frames allocates nothing (`devices/tests/no_alloc.rs`).
 
-use std::collections::VecDeque;
+use std::mem::{offset_of, size_of};
 use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_bindings::virtio_ring::{vring_avail, vring_used, vring_used_elem};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::net::{Backend, GuestSlice, RxFrame, TxFrame, VNET_HDR_LEN};
+use crate::net::{Backend, VNET_HDR_LEN};
 use crate::ratelimit::RateLimit;
 use crate::virtio::{GuestMemory, Interrupt};
 use crate::warn_limited;
 
-/// Offset of `num_buffers` in `virtio_net_hdr_v1` (virtio 1.2, section 5.1.6).
-const NUM_BUFFERS_OFFSET: usize = 10;
+mod chain;
+mod rx;
+mod tx;
+
+use chain::collect_chain;
+use rx::RxBuffers;
+use tx::TxBatch;
 
 /// How a TX pass left the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,144 +134,6 @@ pub enum ChainError {
     Oversized,
 }
 
-/// The descriptors of one chain: inline for the usual one or two, on the heap beyond, so that
-/// holding a chain costs no allocation on the hot path.
-#[derive(Debug)]
-enum Descs {
-    Inline(usize, [(GuestAddress, u32); 2]),
-    Heap(Vec<(GuestAddress, u32)>),
-}
-
-impl Descs {
-    fn from_slice(d: &[(GuestAddress, u32)]) -> Self {
-        if d.len() <= 2 {
-            let mut a = [(GuestAddress(0), 0); 2];
-            a[..d.len()].copy_from_slice(d);
-            Self::Inline(d.len(), a)
-        } else {
-            Self::Heap(d.to_vec())
-        }
-    }
-
-    fn as_slice(&self) -> &[(GuestAddress, u32)] {
-        match self {
-            Self::Inline(n, a) => &a[..*n],
-            Self::Heap(v) => v,
-        }
-    }
-}
-
-/// One RX chain held by the device: popped from the avail ring, not yet used.
-#[derive(Debug)]
-struct RxChain {
-    head: u16,
-    descs: Descs,
-    cap: usize,
-}
-
-/// Walks a chain, checks each descriptor, and appends `(addr, len)` of each to `out`.
-/// Returns the chain's total length.
-fn collect_chain(
-    chain: DescriptorChain<&GuestMemory>,
-    writable: bool,
-    mem: &GuestMemory,
-    out: &mut Vec<(GuestAddress, u32)>,
-) -> Result<usize, ChainError> {
-    let start = out.len();
-    let mut total = 0usize;
-    let mut ended = false;
-    let result = (|| {
-        for d in chain {
-            if d.is_write_only() != writable {
-                return Err(ChainError::WrongDirection);
-            }
-            if d.len() == 0 {
-                return Err(ChainError::ZeroLength);
-            }
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-                return Err(ChainError::OutsideMemory);
-            }
-            total += d.len() as usize;
-            out.push((d.addr(), d.len()));
-            ended = !d.has_next();
-        }
-        // The iterator stops early, with the last descriptor still saying "next", on a loop, a
-        // chain longer than the queue, a next index outside the table or a bad indirect table.
-        if ended {
-            Ok(total)
-        } else {
-            Err(ChainError::Malformed)
-        }
-    })();
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
-}
-
-/// Appends the slices of guest memory that `descs` cover to `out`, skipping the first `skip`
-/// bytes. Zero-length pieces are left out (vmnet rejects zero-length iovecs).
-fn push_slices<'m>(
-    mem: &'m GuestMemory,
-    descs: &[(GuestAddress, u32)],
-    mut skip: usize,
-    out: &mut Vec<GuestSlice<'m>>,
-) -> Result<(), ChainError> {
-    for &(addr, len) in descs {
-        let len = len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let addr = addr
-            .0
-            .checked_add(skip as u64)
-            .ok_or(ChainError::OutsideMemory)?;
-        for s in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len - skip) {
-            let s = s.map_err(|_| ChainError::OutsideMemory)?;
-            if !s.is_empty() {
-                out.push(s);
-            }
-        }
-        skip = 0;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` at `offset` into the memory that `descs` cover.
-fn write_across(
-    mem: &GuestMemory,
-    descs: &[(GuestAddress, u32)],
-    mut offset: usize,
-    bytes: &[u8],
-) -> Result<(), ChainError> {
-    let mut rest = bytes;
-    for &(addr, len) in descs {
-        if rest.is_empty() {
-            break;
-        }
-        let len = len as usize;
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = rest.len().min(len - offset);
-        let at = addr
-            .0
-            .checked_add(offset as u64)
-            .ok_or(ChainError::OutsideMemory)?;
-        mem.write_slice(&rest[..n], GuestAddress(at))
-            .map_err(|_| ChainError::OutsideMemory)?;
-        rest = &rest[n..];
-        offset = 0;
-    }
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(ChainError::BadLength)
-    }
-}
-
 /// The virtqueues of one net device and the state that moves frames through them.
 #[derive(Debug)]
 pub struct DataPath {
@@ -260,8 +143,11 @@ pub struct DataPath {
     interrupt: Interrupt,
     cfg: PathConfig,
     pub(crate) metrics: Arc<NetMetrics>,
-    /// RX chains popped from the avail ring and not used yet, in ring order.
-    stash: VecDeque<RxChain>,
+    /// The RX chains the device holds and the scratch of a receive.
+    rx_bufs: RxBuffers,
+    /// The scratch of a TX batch.
+    tx_batch: TxBatch,
+    /// The descriptors of the RX chain being checked.
     descs: Vec<(GuestAddress, u32)>,
     log: RateLimit,
     /// A queue the driver broke: nothing more is processed until reset.
@@ -269,8 +155,16 @@ pub struct DataPath {
     /// The used index of each queue (RX, TX) when the device last decided whether to
     /// interrupt: the elements since then are what `used_event` is checked against.
     checked_used: [Wrapping<u16>; 2],
-    /// RX used elements of the current batch, published together (see `publish_rx_used`).
-    rx_used: Vec<(u16, u32)>,
+}
+
+/// What re-enabling the driver's kicks at the end of a round found.
+enum Rearmed {
+    /// Nothing new: kicks are on and the pass ends.
+    Idle,
+    /// The driver added buffers meanwhile: run another round.
+    More,
+    /// The queue cannot be used (broken, or its rings unreadable): the pass ends.
+    Stopped,
 }
 
 impl DataPath {
@@ -291,18 +185,292 @@ impl DataPath {
             interrupt,
             cfg,
             metrics,
-            stash: VecDeque::new(),
+            rx_bufs: RxBuffers::default(),
+            tx_batch: TxBatch::default(),
             descs: Vec::new(),
             log: RateLimit::guest_errors(),
             broken: false,
             checked_used,
-            rx_used: Vec::new(),
         }
     }
 
     /// The data path's counters.
     pub fn metrics(&self) -> &Arc<NetMetrics> {
         &self.metrics
+    }
+
+    /// Sends every frame the guest has queued; returns when the TX queue is empty, with kicks
+    /// enabled.
+    pub fn process_tx(&mut self, backend: &mut dyn Backend) {
+        self.tx_pass(backend, None);
+    }
+
+    /// Sends every frame the guest has queued, as [`process_tx`](Self::process_tx) does,
+    /// except that a pass which found at least `hold_at` frames leaves the driver's kicks
+    /// disabled and returns [`TxEnd::Holding`]: the queue is busy, and the caller runs the next
+    /// pass after a short while instead of having the driver kick (an exit) for every frame.
+    /// A pass that finds fewer enables kicks and returns [`TxEnd::Idle`].
+    pub fn process_tx_or_hold(&mut self, backend: &mut dyn Backend, hold_at: usize) -> TxEnd {
+        self.tx_pass(backend, Some(hold_at.max(1)))
+    }
+
+    /// Delivers pending backend frames into the guest's RX buffers until the backend has no
+    /// more, the guest has no room left, or the backend fails.
+    pub fn process_rx(&mut self, backend: &mut dyn Backend) -> RxEnd {
+        let mem_arc = Arc::clone(&self.mem);
+        let mut bufs = std::mem::take(&mut self.rx_bufs);
+        let end = self.rx_rounds(&mem_arc, backend, &mut bufs);
+        self.rx_bufs = bufs;
+        end
+    }
+
+    fn tx_pass(&mut self, backend: &mut dyn Backend, hold_at: Option<usize>) -> TxEnd {
+        let mem_arc = Arc::clone(&self.mem);
+        let mut batch = std::mem::take(&mut self.tx_batch);
+        let end = self.tx_rounds(&mem_arc, backend, hold_at, &mut batch);
+        self.tx_batch = batch;
+        end
+    }
+
+    /// A TX pass: rounds of batches until a round finds the queue empty once kicks are back
+    /// on, or, with `hold_at`, until a round finds that many frames.
+    fn tx_rounds(
+        &mut self,
+        mem: &GuestMemory,
+        backend: &mut dyn Backend,
+        hold_at: Option<usize>,
+        batch: &mut TxBatch,
+    ) -> TxEnd {
+        let mut announced_unpopped = false;
+        loop {
+            if !self.start_round(Which::Tx, mem) {
+                return TxEnd::Idle;
+            }
+            let mut popped = 0;
+            loop {
+                popped += self.fill_tx_batch(mem, batch);
+                if batch.is_empty() {
+                    break;
+                }
+                self.send_tx_batch(mem, batch, backend);
+                // Completions go out per batch: the guest frees its buffers (and its TCP stack
+                // lets more data go) while the next batch is sent.
+                self.notify_used(Which::Tx, mem);
+            }
+            if popped > 0 {
+                announced_unpopped = false;
+            }
+            let end = if hold_at.is_some_and(|n| popped >= n) {
+                TxEnd::Holding
+            } else {
+                match self.rearm(Which::Tx, mem, &mut announced_unpopped) {
+                    Rearmed::More => continue,
+                    Rearmed::Idle | Rearmed::Stopped => TxEnd::Idle,
+                }
+            };
+            // Refused chains returned since the last batch.
+            self.notify_used(Which::Tx, mem);
+            return end;
+        }
+    }
+
+    /// An RX pass: rounds of one backend receive each, until the backend has no more frames,
+    /// the guest no more room, or the backend fails.
+    fn rx_rounds(
+        &mut self,
+        mem: &GuestMemory,
+        backend: &mut dyn Backend,
+        bufs: &mut RxBuffers,
+    ) -> RxEnd {
+        let hdr_skip = self.hdr_skip();
+        let mut announced_unpopped = false;
+        loop {
+            if !self.start_round(Which::Rx, mem) {
+                return RxEnd::NoBuffers;
+            }
+            if self.refill_stash(mem, bufs) > 0 {
+                announced_unpopped = false;
+            }
+            let planned = bufs.plan(self.cfg.rx_batch.max(1), &self.cfg);
+            if planned == 0 {
+                // No room: ask the driver to kick when it posts buffers, and look once more in
+                // case it did so meanwhile. Frames stay in the backend until then.
+                match self.rearm(Which::Rx, mem, &mut announced_unpopped) {
+                    Rearmed::More => continue,
+                    Rearmed::Idle => add(&self.metrics.rx_no_buffers, 1),
+                    Rearmed::Stopped => {}
+                }
+                // Refused chains returned by this pass.
+                self.notify_used(Which::Rx, mem);
+                return RxEnd::NoBuffers;
+            }
+            let (got, end) = match bufs.receive(mem, hdr_skip, backend) {
+                Ok(n) => (n, RxEnd::Drained),
+                Err(e) => {
+                    add(&self.metrics.rx_errors, 1);
+                    warn_limited!(self.log, error = %e, "virtio-net: backend receive failed");
+                    (0, RxEnd::BackendError)
+                }
+            };
+            let (frames, bytes) = bufs.complete(mem, hdr_skip, |head, err| {
+                self.refuse_chain("rx", head, err)
+            });
+            add(&self.metrics.rx_bytes, bytes);
+            add(&self.metrics.rx_frames, frames);
+            self.publish_used_batch(mem, &mut bufs.used);
+            // Per batch, so the guest starts on these frames while the next are read.
+            self.notify_used(Which::Rx, mem);
+            if got < planned {
+                return end;
+            }
+        }
+    }
+
+    /// Bytes of the virtio-net header the device handles itself: all of it for a backend
+    /// without headers, none for one that carries them.
+    fn hdr_skip(&self) -> usize {
+        if self.cfg.backend_vnet_hdr {
+            0
+        } else {
+            VNET_HDR_LEN
+        }
+    }
+
+    fn queue(&self, which: Which) -> &Queue {
+        match which {
+            Which::Rx => &self.rx,
+            Which::Tx => &self.tx,
+        }
+    }
+
+    fn queue_mut(&mut self, which: Which) -> &mut Queue {
+        match which {
+            Which::Rx => &mut self.rx,
+            Which::Tx => &mut self.tx,
+        }
+    }
+
+    /// Starts a round on `which`: the queue must be usable, and the driver's kicks go off
+    /// while the device works through it. `false` ends the pass.
+    fn start_round(&mut self, which: Which, mem: &GuestMemory) -> bool {
+        if !self.check_avail(which, mem) {
+            return false;
+        }
+        match self.queue_mut(which).disable_notification(mem) {
+            Ok(()) => true,
+            Err(e) => {
+                self.queue_error(which, e);
+                false
+            }
+        }
+    }
+
+    /// Ends a round on `which` that left the queue empty: kicks go back on, and the avail ring
+    /// is looked at once more for buffers added meanwhile. `announced_unpopped` is set while
+    /// the driver announced buffers and none was popped since: announced a second time, they
+    /// cannot be read (virtio-queue refuses the ring), and going on would spin, so the queue
+    /// is marked broken.
+    fn rearm(&mut self, which: Which, mem: &GuestMemory, announced_unpopped: &mut bool) -> Rearmed {
+        match self.queue_mut(which).enable_notification(mem) {
+            Ok(true) if *announced_unpopped => {
+                self.mark_broken(which, "the driver announces buffers that cannot be read");
+                Rearmed::Stopped
+            }
+            Ok(true) => {
+                *announced_unpopped = true;
+                Rearmed::More
+            }
+            Ok(false) => Rearmed::Idle,
+            Err(e) => {
+                self.queue_error(which, e);
+                Rearmed::Stopped
+            }
+        }
+    }
+
+    /// Pops up to a batch of TX chains into `batch`; malformed ones are returned as used with
+    /// length 0 and counted. Returns how many chains were popped.
+    fn fill_tx_batch(&mut self, mem: &GuestMemory, batch: &mut TxBatch) -> usize {
+        batch.clear();
+        let max = self.cfg.tx_batch.max(1);
+        let mut popped = 0;
+        while batch.len() < max {
+            let Some(chain) = self.tx.pop_descriptor_chain(mem) else {
+                break;
+            };
+            popped += 1;
+            let head = chain.head_index();
+            if let Err(err) = batch.add(chain, mem, self.cfg.tx_max) {
+                self.refuse_chain("tx", head, err);
+                if let Err(e) = self.tx.add_used(mem, head, 0) {
+                    self.queue_error(Which::Tx, e);
+                }
+            }
+        }
+        popped
+    }
+
+    /// Sends a batch, counts what went and what was dropped, and returns its chains as used.
+    fn send_tx_batch(&mut self, mem: &GuestMemory, batch: &mut TxBatch, backend: &mut dyn Backend) {
+        let hdr_skip = self.hdr_skip();
+        add(&self.metrics.tx_batches, 1);
+        let (sent, bytes) = batch.send(mem, hdr_skip, backend);
+        let sent = sent.unwrap_or_else(|e| {
+            add(&self.metrics.tx_errors, 1);
+            warn_limited!(self.log, error = %e, "virtio-net: backend send failed");
+            0
+        });
+        add(&self.metrics.tx_frames, sent as u64);
+        add(
+            &self.metrics.tx_bytes,
+            (bytes - sent * (VNET_HDR_LEN - hdr_skip)) as u64,
+        );
+        add(&self.metrics.tx_dropped, (batch.len() - sent) as u64);
+        for head in batch.heads() {
+            if let Err(e) = self.tx.add_used(mem, head, 0) {
+                self.queue_error(Which::Tx, e);
+            }
+        }
+    }
+
+    /// Pops every RX chain the guest has posted into `bufs`' stash, handing malformed ones
+    /// back as used; returns how many were popped.
+    fn refill_stash(&mut self, mem: &GuestMemory, bufs: &mut RxBuffers) -> usize {
+        let mut popped = 0usize;
+        // With mergeable buffers any chain may start a frame, so each must hold the header
+        // (virtio 1.2, 5.1.6.3.1). Without, each chain takes a whole frame: the spec asks for
+        // room for the largest one (1526 or 65562 bytes); the 4 bytes of VLAN slack in
+        // `rx_room` are not required. A smaller chain would have frames cut short (a TAP
+        // device even drops them), and it would be retried for every frame after.
+        let min_room = if self.cfg.mrg_rxbuf {
+            VNET_HDR_LEN + usize::from(!self.cfg.backend_vnet_hdr)
+        } else {
+            self.cfg.rx_room.saturating_sub(4).max(VNET_HDR_LEN + 1)
+        };
+        while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
+            popped += 1;
+            let head = chain.head_index();
+            self.descs.clear();
+            let res = collect_chain(chain, true, mem, &mut self.descs).and_then(|cap| {
+                // The first chain of a frame must at least hold the header; with mergeable
+                // buffers any chain may be first.
+                if cap < min_room {
+                    Err(ChainError::BadLength)
+                } else {
+                    Ok(cap)
+                }
+            });
+            match res {
+                Ok(cap) => bufs.push(head, &self.descs, cap),
+                Err(err) => {
+                    self.refuse_chain("rx", head, err);
+                    if let Err(e) = self.rx.add_used(mem, head, 0) {
+                        self.queue_error(Which::Rx, e);
+                    }
+                }
+            }
+        }
+        popped
     }
 
     fn refuse_chain(&self, queue: &str, head: u16, err: ChainError) {
@@ -319,7 +487,8 @@ impl DataPath {
         );
     }
 
-    fn queue_error(&self, queue: &str, err: virtio_queue::Error) {
+    fn queue_error(&self, which: Which, err: virtio_queue::Error) {
+        let queue = which.name();
         warn_limited!(self.log, queue, error = %err, "virtio-net: cannot access the queue rings");
     }
 
@@ -331,12 +500,9 @@ impl DataPath {
         if self.broken {
             return false;
         }
-        let q = match which {
-            Which::Rx => &self.rx,
-            Which::Tx => &self.tx,
-        };
+        let q = self.queue(which);
         let ahead = q
-            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .avail_idx(mem, Ordering::Acquire)
             .map(|idx| idx.0.wrapping_sub(q.next_avail()));
         match ahead {
             Ok(n) if n <= q.size() => true,
@@ -378,176 +544,30 @@ impl DataPath {
         }
     }
 
-    /// Sends every frame the guest has queued; returns when the TX queue is empty, with kicks
-    /// enabled.
-    pub fn process_tx(&mut self, backend: &mut dyn Backend) {
-        self.tx_pass(backend, None);
-    }
-
-    /// Sends every frame the guest has queued, as [`process_tx`](Self::process_tx) does,
-    /// except that a pass which found at least `hold_at` frames leaves the driver's kicks
-    /// disabled and returns [`TxEnd::Holding`]: the queue is busy, and the caller runs the next
-    /// pass after a short while instead of having the driver kick (an exit) for every frame.
-    /// A pass that finds fewer enables kicks and returns [`TxEnd::Idle`].
-    pub fn process_tx_or_hold(&mut self, backend: &mut dyn Backend, hold_at: usize) -> TxEnd {
-        self.tx_pass(backend, Some(hold_at.max(1)))
-    }
-
-    fn tx_pass(&mut self, backend: &mut dyn Backend, hold_at: Option<usize>) -> TxEnd {
-        let mem_arc = Arc::clone(&self.mem);
-        let mem: &GuestMemory = &mem_arc;
-        let hdr_skip = if self.cfg.backend_vnet_hdr {
-            0
-        } else {
-            VNET_HDR_LEN
-        };
-        let batch = self.cfg.tx_batch.max(1);
-        let mut used_any = false;
-        let mut heads: Vec<(u16, usize, usize)> = Vec::with_capacity(batch);
-        // Set when the driver announced buffers (enable_notification said so) and nothing has
-        // been popped since.
-        let mut announced_unpopped = false;
-        let mut end = TxEnd::Idle;
-        loop {
-            if !self.check_avail(Which::Tx, mem) {
-                return TxEnd::Idle;
-            }
-            let mut popped = 0usize;
-            if let Err(e) = self.tx.disable_notification(mem) {
-                self.queue_error("tx", e);
-                return TxEnd::Idle;
-            }
-            loop {
-                heads.clear();
-                self.descs.clear();
-                while heads.len() < batch {
-                    let Some(chain) = self.tx.pop_descriptor_chain(mem) else {
-                        break;
-                    };
-                    popped += 1;
-                    let head = chain.head_index();
-                    let start = self.descs.len();
-                    let res = collect_chain(chain, false, mem, &mut self.descs).and_then(|len| {
-                        if len > self.cfg.tx_max {
-                            Err(ChainError::Oversized)
-                        } else if len <= VNET_HDR_LEN {
-                            Err(ChainError::BadLength)
-                        } else {
-                            Ok(len)
-                        }
-                    });
-                    match res {
-                        Ok(_) => heads.push((head, start, self.descs.len())),
-                        Err(err) => {
-                            self.descs.truncate(start);
-                            self.refuse_chain("tx", head, err);
-                            if let Err(e) = self.tx.add_used(mem, head, 0) {
-                                self.queue_error("tx", e);
-                            }
-                            used_any = true;
-                        }
-                    }
-                }
-                if heads.is_empty() {
-                    break;
-                }
-                let mut slices = Vec::with_capacity(self.descs.len() + heads.len());
-                let mut ranges = Vec::with_capacity(heads.len());
-                for &(_, start, end) in &heads {
-                    let s = slices.len();
-                    // The chains were checked against memory above; a failure here cannot
-                    // happen short of memory being unplugged, and then sends a shorter frame.
-                    let _ = push_slices(mem, &self.descs[start..end], hdr_skip, &mut slices);
-                    ranges.push(s..slices.len());
-                }
-                let frames: Vec<TxFrame<'_, '_>> = ranges
-                    .iter()
-                    .map(|r| TxFrame {
-                        bufs: &slices[r.clone()],
-                    })
-                    .collect();
-                add(&self.metrics.tx_batches, 1);
-                let sent = match backend.send(&frames) {
-                    Ok(n) => n.min(frames.len()),
-                    Err(e) => {
-                        add(&self.metrics.tx_errors, 1);
-                        warn_limited!(self.log, error = %e, "virtio-net: backend send failed");
-                        0
-                    }
-                };
-                let bytes: usize = frames[..sent].iter().map(|f| f.len()).sum();
-                add(&self.metrics.tx_frames, sent as u64);
-                add(
-                    &self.metrics.tx_bytes,
-                    (bytes - sent * (VNET_HDR_LEN - hdr_skip)) as u64,
-                );
-                add(&self.metrics.tx_dropped, (frames.len() - sent) as u64);
-                drop(frames);
-                for &(head, _, _) in &heads {
-                    if let Err(e) = self.tx.add_used(mem, head, 0) {
-                        self.queue_error("tx", e);
-                    }
-                }
-                // Completions go out per batch: the guest frees its buffers (and its TCP stack
-                // lets more data go) while the next batch is sent.
-                self.notify_used(Which::Tx, mem);
-                used_any = false;
-            }
-            if popped > 0 {
-                announced_unpopped = false;
-            }
-            if hold_at.is_some_and(|n| popped >= n) {
-                end = TxEnd::Holding;
-                break;
-            }
-            match self.tx.enable_notification(mem) {
-                // Announced twice with nothing popped in between (once is the driver adding
-                // buffers right after our last pop): the ring is unusable (virtio-queue refuses
-                // it), and looping would spin.
-                Ok(true) if announced_unpopped => {
-                    self.mark_broken(
-                        Which::Tx,
-                        "the driver announces buffers that cannot be read",
-                    );
-                    break;
-                }
-                Ok(true) => {
-                    announced_unpopped = true;
-                    continue;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    self.queue_error("tx", e);
-                    break;
-                }
-            }
-        }
-        if used_any {
-            self.notify_used(Which::Tx, mem);
-        }
-        end
-    }
-
     /// Raises the interrupt if the driver asked for one by now (`VIRTIO_RING_F_EVENT_IDX`, or
-    /// the `NO_INTERRUPT` flag without it).
+    /// the `NO_INTERRUPT` flag without it). Does nothing when no element was used since the
+    /// last decision.
     ///
     /// The decision is virtio-queue's `needs_notification` rule (Linux's `vring_need_event`),
     /// taken over the used elements since the last decision by index rather than by counting
-    /// `add_used` calls, because RX publishes its elements without `add_used`.
+    /// `add_used` calls, because RX publishes its elements without `add_used` (see
+    /// [`publish_used_batch`](Self::publish_used_batch)): that is why this is not
+    /// virtio-queue's own check.
     fn notify_used(&mut self, which: Which, mem: &GuestMemory) {
-        let (q, slot) = match which {
-            Which::Rx => (&self.rx, 0),
-            Which::Tx => (&self.tx, 1),
-        };
+        let slot = which as usize;
+        let q = self.queue(which);
         let used_idx = Wrapping(q.next_used());
         let old = std::mem::replace(&mut self.checked_used[slot], used_idx);
         if used_idx == old {
             return;
         }
+        let q = self.queue(which);
         let needed = if q.event_idx_enabled() {
             // The used ring's writes before the read of used_event (virtio 1.2, 2.7.10).
             fence(Ordering::SeqCst);
-            let at = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(q.size()));
+            // `used_event` follows the avail ring's `size` entries (virtio 1.2, 2.7.6).
+            let at = GuestAddress(q.avail_ring())
+                .checked_add(offset_of!(vring_avail, ring) as u64 + 2 * u64::from(q.size()));
             match at.map(|a| mem.read_obj::<u16>(a)) {
                 Some(Ok(event)) => {
                     let event = Wrapping(u16::from_le(event));
@@ -564,33 +584,40 @@ impl DataPath {
         }
     }
 
-    /// Publishes the RX used elements collected in `rx_used`: all of them are written before
-    /// the used index moves, once. A frame spread over several buffers (`num_buffers` > 1)
-    /// must never show partly: Linux's driver, finding the first buffer without the rest,
-    /// drops the frame and then reads the late buffers as frames of their own.
-    /// (virtio-queue's `add_used` moves the index at every element.)
-    fn publish_rx_used(&mut self, mem: &GuestMemory) {
-        if self.rx_used.is_empty() {
+    /// Publishes a batch of RX used elements: all of them are written before the used index
+    /// moves, and it moves once, with one store.
+    ///
+    /// This is why RX does not use virtio-queue's `add_used`, which moves the index at every
+    /// element: a frame spread over several buffers (`num_buffers` > 1) must never show
+    /// partly. Linux's driver, finding the first buffer without the rest, drops the frame and
+    /// then reads the late buffers as frames of their own (a soak test lost pings that way).
+    fn publish_used_batch(&mut self, mem: &GuestMemory, used: &mut Vec<(u16, u32)>) {
+        if used.is_empty() {
             return;
         }
+        const RING: u64 = offset_of!(vring_used, ring) as u64;
+        const ELEM: u64 = size_of::<vring_used_elem>() as u64;
         let size = self.rx.size();
         let ring = GuestAddress(self.rx.used_ring());
         let mut next = Wrapping(self.rx.next_used());
         let mut failed = false;
-        for &(head, len) in &self.rx_used {
-            // Slot `next % size` of the ring: 4 bytes of flags and index, then 8 per element.
-            let mut elem = [0u8; 8];
-            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[4..].copy_from_slice(&len.to_le_bytes());
-            let at = ring.checked_add(4 + 8 * u64::from(next.0 % size.max(1)));
+        for &(head, len) in used.iter() {
+            let mut elem = [0u8; ELEM as usize];
+            let (id_at, len_at) = (
+                offset_of!(vring_used_elem, id),
+                offset_of!(vring_used_elem, len),
+            );
+            elem[id_at..id_at + 4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            let at = ring.checked_add(RING + ELEM * u64::from(next.0 % size.max(1)));
             if at.is_none_or(|a| mem.write_slice(&elem, a).is_err()) {
                 failed = true;
                 break;
             }
             next += Wrapping(1);
         }
-        self.rx_used.clear();
-        let idx_at = ring.checked_add(2);
+        used.clear();
+        let idx_at = ring.checked_add(offset_of!(vring_used, idx) as u64);
         let stored =
             idx_at.is_some_and(|a| mem.store(u16::to_le(next.0), a, Ordering::Release).is_ok());
         self.rx.set_next_used(next.0);
@@ -600,237 +627,22 @@ impl DataPath {
             self.mark_broken(Which::Rx, "the used ring is not writable");
         }
     }
-
-    /// Pops every RX chain the guest has posted into the stash; returns how many were popped
-    /// and whether malformed ones were handed back as used.
-    fn refill_stash(&mut self, mem: &GuestMemory) -> (usize, bool) {
-        let mut refused = false;
-        let mut popped = 0usize;
-        // With mergeable buffers any chain may start a frame, so each must hold the header
-        // (virtio 1.2, 5.1.6.3.1). Without, each chain takes a whole frame: the spec asks for
-        // room for the largest one (1526 or 65562 bytes); the 4 bytes of VLAN slack in
-        // `rx_room` are not required. A smaller chain would have frames cut short (a TAP
-        // device even drops them), and it would be retried for every frame after.
-        let min_room = if self.cfg.mrg_rxbuf {
-            VNET_HDR_LEN + usize::from(!self.cfg.backend_vnet_hdr)
-        } else {
-            self.cfg.rx_room.saturating_sub(4).max(VNET_HDR_LEN + 1)
-        };
-        while let Some(chain) = self.rx.pop_descriptor_chain(mem) {
-            popped += 1;
-            let head = chain.head_index();
-            self.descs.clear();
-            let res = collect_chain(chain, true, mem, &mut self.descs).and_then(|cap| {
-                // The first chain of a frame must at least hold the header; with mergeable
-                // buffers any chain may be first.
-                if cap < min_room {
-                    Err(ChainError::BadLength)
-                } else {
-                    Ok(cap)
-                }
-            });
-            match res {
-                Ok(cap) => self.stash.push_back(RxChain {
-                    head,
-                    descs: Descs::from_slice(&self.descs),
-                    cap,
-                }),
-                Err(err) => {
-                    self.refuse_chain("rx", head, err);
-                    if let Err(e) = self.rx.add_used(mem, head, 0) {
-                        self.queue_error("rx", e);
-                    }
-                    refused = true;
-                }
-            }
-        }
-        (popped, refused)
-    }
-
-    /// Groups stashed chains into frames: `(first chain, chain count)` per frame.
-    fn plan_frames(&self, max_frames: usize) -> Vec<(usize, usize)> {
-        let mut plan = Vec::new();
-        let mut i = 0;
-        while plan.len() < max_frames && i < self.stash.len() {
-            if !self.cfg.mrg_rxbuf {
-                plan.push((i, 1));
-                i += 1;
-                continue;
-            }
-            let start = i;
-            let mut cap = 0;
-            while i < self.stash.len() && cap < self.cfg.rx_room {
-                cap += self.stash[i].cap;
-                i += 1;
-            }
-            if cap < self.cfg.rx_room {
-                break;
-            }
-            plan.push((start, i - start));
-        }
-        plan
-    }
-
-    /// Delivers pending backend frames into the guest's RX buffers until the backend has no
-    /// more, the guest has no room left, or the backend fails.
-    pub fn process_rx(&mut self, backend: &mut dyn Backend) -> RxEnd {
-        let mem_arc = Arc::clone(&self.mem);
-        let mem: &GuestMemory = &mem_arc;
-        let hdr_skip = if self.cfg.backend_vnet_hdr {
-            0
-        } else {
-            VNET_HDR_LEN
-        };
-        let batch = self.cfg.rx_batch.max(1);
-        let mut used_any = false;
-        let mut end = RxEnd::Drained;
-        // As in process_tx.
-        let mut announced_unpopped = false;
-        loop {
-            if !self.check_avail(Which::Rx, mem) {
-                return RxEnd::NoBuffers;
-            }
-            if let Err(e) = self.rx.disable_notification(mem) {
-                self.queue_error("rx", e);
-                return RxEnd::NoBuffers;
-            }
-            let (popped, refused) = self.refill_stash(mem);
-            used_any |= refused;
-            if popped > 0 {
-                announced_unpopped = false;
-            }
-            let plan = self.plan_frames(batch);
-            if plan.is_empty() {
-                // No room: ask the driver to kick when it posts buffers, and look once more in
-                // case it did so meanwhile. Frames stay in the backend until then.
-                match self.rx.enable_notification(mem) {
-                    // Announced but unreadable buffers (see process_tx): stop, don't spin.
-                    Ok(true) if announced_unpopped => {
-                        self.mark_broken(
-                            Which::Rx,
-                            "the driver announces buffers that cannot be read",
-                        );
-                        end = RxEnd::NoBuffers;
-                        break;
-                    }
-                    Ok(true) => {
-                        announced_unpopped = true;
-                        continue;
-                    }
-                    Ok(false) => {
-                        add(&self.metrics.rx_no_buffers, 1);
-                        end = RxEnd::NoBuffers;
-                        break;
-                    }
-                    Err(e) => {
-                        self.queue_error("rx", e);
-                        end = RxEnd::NoBuffers;
-                        break;
-                    }
-                }
-            }
-            let mut slices: Vec<GuestSlice<'_>> = Vec::with_capacity(plan.len() * 2);
-            let mut ranges = Vec::with_capacity(plan.len());
-            for &(first, count) in &plan {
-                let s = slices.len();
-                for (k, chain) in self.stash.range(first..first + count).enumerate() {
-                    let skip = if k == 0 { hdr_skip } else { 0 };
-                    let _ = push_slices(mem, chain.descs.as_slice(), skip, &mut slices);
-                }
-                ranges.push(s..slices.len());
-            }
-            let mut frames: Vec<RxFrame<'_, '_>> = ranges
-                .iter()
-                .map(|r| RxFrame {
-                    bufs: &slices[r.clone()],
-                    len: 0,
-                })
-                .collect();
-            let got = match backend.recv(&mut frames) {
-                Ok(n) => n.min(frames.len()),
-                Err(e) => {
-                    add(&self.metrics.rx_errors, 1);
-                    warn_limited!(self.log, error = %e, "virtio-net: backend receive failed");
-                    end = RxEnd::BackendError;
-                    0
-                }
-            };
-            let lens: Vec<usize> = frames[..got].iter().map(|f| f.len + hdr_skip).collect();
-            drop(frames);
-            drop(slices);
-
-            // Hand out used chains; keep the rest, in order, for the next frames.
-            let mut stash = std::mem::take(&mut self.stash);
-            let mut keep: VecDeque<RxChain> = VecDeque::with_capacity(stash.len());
-            let mut delivered = 0;
-            for (&(_, count), &len) in plan.iter().zip(&lens) {
-                if len <= VNET_HDR_LEN {
-                    keep.extend(stash.drain(..count));
-                    continue;
-                }
-                // How many chains the frame fills, and num_buffers in its header.
-                let mut used = 0usize;
-                let mut covered = 0usize;
-                for c in stash.range(..count) {
-                    if covered >= len {
-                        break;
-                    }
-                    covered += c.cap;
-                    used += 1;
-                }
-                let first = stash.front().map(|c| (c.head, c.descs.as_slice()));
-                if let Some((head, descs)) = first {
-                    let num_buffers = (used as u16).to_le_bytes();
-                    let written = if hdr_skip == VNET_HDR_LEN {
-                        let mut hdr = [0u8; VNET_HDR_LEN];
-                        hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&num_buffers);
-                        write_across(mem, descs, 0, &hdr)
-                    } else {
-                        write_across(mem, descs, NUM_BUFFERS_OFFSET, &num_buffers)
-                    };
-                    if let Err(err) = written {
-                        self.refuse_chain("rx", head, err);
-                    }
-                }
-                let mut remaining = len;
-                for (k, c) in stash.drain(..count).enumerate() {
-                    if k < used {
-                        let n = remaining.min(c.cap);
-                        remaining -= n;
-                        self.rx_used.push((c.head, n as u32));
-                    } else {
-                        keep.push_back(c);
-                    }
-                }
-                delivered += 1;
-                add(&self.metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
-            }
-            add(&self.metrics.rx_frames, delivered);
-            self.publish_rx_used(mem);
-            // Unfilled frames' chains, then whatever was not planned, stay stashed in order.
-            keep.extend(stash.drain(..));
-            self.stash = keep;
-            if delivered > 0 || used_any {
-                // Per batch, so the guest starts on these frames while the next are read.
-                self.notify_used(Which::Rx, mem);
-                used_any = false;
-            }
-            if got < plan.len() {
-                break;
-            }
-        }
-        if used_any {
-            self.notify_used(Which::Rx, mem);
-        }
-        end
-    }
 }
 
-/// The two queues of the device.
+/// The two queues of the device (the value is the queue's index).
 #[derive(Clone, Copy, Debug)]
 enum Which {
-    Rx,
-    Tx,
+    Rx = 0,
+    Tx = 1,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rx => "rx",
+            Self::Tx => "tx",
+        }
+    }
 }
 
 /// How [`DataPath::process_rx`] stopped.

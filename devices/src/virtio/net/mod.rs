@@ -6,6 +6,7 @@
 //! starts one worker thread that owns the queues and the backend (see `worker.rs`); reset joins
 //! the thread and takes the backend back, so the device can be activated again.
 
+use std::mem::offset_of;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -28,8 +29,9 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 const ETH_OVERHEAD: usize = 18;
 /// The largest GSO frame a guest or a TAP device hands over, Ethernet header included.
 const MAX_GSO_FRAME: usize = 65535 + ETH_OVERHEAD;
-/// Length of the configuration space we expose: mac, status, max_virtqueue_pairs, mtu.
-const CONFIG_LEN: usize = 12;
+/// Length of the configuration space we expose: mac, status, max_virtqueue_pairs, mtu (the
+/// fields of `struct virtio_net_config` before `speed`, virtio 1.2 section 5.1.4).
+const CONFIG_LEN: usize = offset_of!(vnet::virtio_net_config, speed);
 
 const fn bit(b: u32) -> u64 {
     1 << b
@@ -256,17 +258,22 @@ impl Net {
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+        use vnet::virtio_net_config as C;
         let mut c = [0u8; CONFIG_LEN];
-        c[..6].copy_from_slice(&self.mac);
+        let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+        put(offset_of!(C, mac), &self.mac);
         // Link status: up while we have a backend and it says the link is up.
         let status = if (self.backend.is_some() || self.worker.is_some()) && self.link.is_up() {
             vnet::VIRTIO_NET_S_LINK_UP as u16
         } else {
             0
         };
-        c[6..8].copy_from_slice(&status.to_le_bytes());
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
-        c[10..12].copy_from_slice(&self.info.mtu.unwrap_or(1500).to_le_bytes());
+        put(offset_of!(C, status), &status.to_le_bytes());
+        put(offset_of!(C, max_virtqueue_pairs), &1u16.to_le_bytes());
+        put(
+            offset_of!(C, mtu),
+            &self.info.mtu.unwrap_or(1500).to_le_bytes(),
+        );
         c
     }
 }

@@ -1,0 +1,3 @@
+//! Rigs shared by the benchmark and the tests.
+
+pub mod direct;
