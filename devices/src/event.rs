@@ -208,32 +208,6 @@ mod tests {
         assert_eq!(events[0].token, Token(7));
     }
 
-    /// Whether thread `tid` of this process sleeps (state `S`) in one of the system calls `nrs`,
-    /// as `/proc/self/task/<tid>/{stat,syscall}` (proc(5)) show it.
-    #[cfg(target_os = "linux")]
-    fn blocked_in(tid: u32, nrs: &[libc::c_long]) -> bool {
-        let task = format!("/proc/self/task/{tid}");
-        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.trim_start().chars().next());
-        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
-        let nr = call.split_whitespace().next().and_then(|n| n.parse().ok());
-        state == Some('S') && nr.is_some_and(|n| nrs.contains(&n))
-    }
-
-    /// The calling thread's id (the last component of `/proc/thread-self`).
-    #[cfg(target_os = "linux")]
-    fn current_tid() -> u32 {
-        let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
-        let tid = link
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse().ok());
-        tid.expect("a thread id")
-    }
-
     /// A waiter blocked in `Notifier::wait` when the notify comes is woken by it (and only then
     /// returns): the test sees the waiter thread asleep in `poll(2)` before it notifies.
     #[test]
@@ -253,7 +227,9 @@ mod tests {
             let waiter = thread::spawn({
                 let (n, returned) = (Arc::clone(&n), Arc::clone(&returned));
                 move || {
-                    tid_tx.send(current_tid()).unwrap();
+                    tid_tx
+                        .send(examples::threads::current_tid().unwrap())
+                        .unwrap();
                     n.wait().unwrap();
                     returned.store(true, Ordering::SeqCst);
                 }
@@ -264,7 +240,7 @@ mod tests {
             #[cfg(not(target_arch = "x86_64"))]
             let polls = [libc::SYS_ppoll];
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !blocked_in(tid, &polls) {
+            while !examples::threads::asleep_in(tid, &polls) {
                 assert!(
                     Instant::now() < deadline,
                     "the waiter never slept in poll(2)"

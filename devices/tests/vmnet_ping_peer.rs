@@ -33,13 +33,12 @@ mod without_model {
 
 #[cfg(feature = "vmnet-model")]
 mod with_model {
-    use std::process::Command;
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
     use std::time::{Duration, Instant};
 
     use super::common::{
-        EVENT_IDX, GUEST_IP, MAC, MRG_RXBUF, PEER_IP, arp_request, echo_request, ip, is_arp_reply,
+        EVENT_IDX, GUEST_IP, MAC, MRG_RXBUF, PEER_IP, arp_request, echo_request, is_arp_reply,
         is_echo_reply, skip_reason, try_wait_frame, wait_frame,
     };
     use devices::net::vmnet::VmnetBackend;
@@ -53,22 +52,13 @@ mod with_model {
     /// The model's faults and counts are process-wide: one test at a time.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-    struct Netns(String);
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-
     /// The guest's device on a host-mode interface of the model, whose host network reaches a
     /// peer namespace (10.77.0.1/24) through a TAP.
     struct Setup {
         sim: DriverSim,
         transport: Arc<Mutex<MmioTransport>>,
         metrics: Arc<NetMetrics>,
-        tap: model::Tap,
-        _ns: Netns,
+        _peer: model::Peer,
         before: vmnet_model::Accounting,
         _lock: MutexGuard<'static, ()>,
     }
@@ -82,21 +72,13 @@ mod with_model {
         model::reset();
         let before = vmnet_model::accounting();
         let pid = std::process::id();
-        let ns = Netns(format!("vnt-{tag}-{pid}"));
-        ip(&["netns", "add", &ns.0]);
-        let tap = model::attach_tap(&format!("v{tag}{}", pid % 1_000_000), TapSegment::Host)
-            .expect("create the model's TAP");
-        ip(&["link", "set", tap.name(), "netns", &ns.0]);
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
+        let peer = model::Peer::new(
+            &format!("vnt-{tag}-{pid}"),
+            &format!("v{tag}{}", pid % 1_000_000),
+            TapSegment::Host,
             "10.77.0.1/24",
-            "dev",
-            tap.name(),
-        ]);
-        ip(&["-n", &ns.0, "link", "set", tap.name(), "up"]);
+        )
+        .expect("a peer namespace behind the model's TAP");
 
         let backend = VmnetBackend::start(&vmnet::Options::host(), Duration::from_secs(10))
             .expect("start the vmnet backend on the model");
@@ -118,8 +100,7 @@ mod with_model {
             sim,
             transport,
             metrics,
-            tap,
-            _ns: ns,
+            _peer: peer,
             before,
             _lock: lock,
         })
@@ -162,12 +143,12 @@ mod with_model {
                 sim,
                 transport,
                 metrics,
-                tap,
+                _peer: peer,
                 before,
                 ..
             } = self;
             assert_eq!(metrics.bad_chains.load(Ordering::Relaxed), 0);
-            drop((sim, transport, metrics, tap));
+            drop((sim, transport, metrics, peer));
             let deadline = Instant::now() + Duration::from_secs(5);
             let mut leaks = vmnet_model::accounting().leaks_since(&before);
             while !leaks.is_empty() && Instant::now() < deadline {

@@ -9,10 +9,12 @@
 //! - `vmnet_async`: the same with the async API and no runtime (macOS).
 //!
 //! The library holds the pieces those programs and the tests have in common: [`echo`], a small
-//! ARP/ICMP responder and the frames it answers, and [`exec::block_on`], enough of an executor to
-//! run the async API. It depends on nothing, so `vmnet` and `devices` take it as a
-//! dev-dependency without a dependency cycle.
+//! ARP/ICMP responder and the frames it answers, [`exec::block_on`], enough of an executor to
+//! run the async API, and [`threads`], which tells whether a thread sleeps in a system call. It
+//! depends on nothing, so `vmnet` and `devices` take it as a dev-dependency without a dependency
+//! cycle.
 #![warn(missing_docs)]
 
 pub mod echo;
 pub mod exec;
+pub mod threads;

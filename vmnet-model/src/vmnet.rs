@@ -573,6 +573,72 @@ impl Drop for Tap {
     }
 }
 
+/// A peer on one of the model's networks, for tests: a TAP joined to `segment` whose Linux end
+/// lives, up and with an address, in a network namespace of its own, so the peer's kernel answers
+/// ARP and ICMP (and runs whatever the test starts in the namespace). Needs root. On drop the
+/// TAP is detached and closed, then the namespace deleted.
+#[derive(Debug)]
+pub struct Peer {
+    tap: Option<Tap>,
+    namespace: String,
+}
+
+impl Peer {
+    /// Creates namespace `namespace` and TAP `tap_name` on `segment`, and gives the TAP address
+    /// `cidr` (for example `10.77.0.1/24`) in the namespace.
+    pub fn new(
+        namespace: &str,
+        tap_name: &str,
+        segment: TapSegment,
+        cidr: &str,
+    ) -> std::io::Result<Peer> {
+        ip(&["netns", "add", namespace])?;
+        // From here on, dropping `peer` deletes the namespace.
+        let mut peer = Peer {
+            tap: None,
+            namespace: namespace.to_owned(),
+        };
+        let tap = attach_tap(tap_name, segment)?;
+        let name = tap.name().to_owned();
+        peer.tap = Some(tap);
+        ip(&["link", "set", &name, "netns", namespace])?;
+        ip(&["-n", namespace, "addr", "add", cidr, "dev", &name])?;
+        ip(&["-n", namespace, "link", "set", &name, "up"])?;
+        Ok(peer)
+    }
+
+    /// The network namespace's name (for `ip netns exec`).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The TAP's interface name (inside the namespace).
+    pub fn tap_name(&self) -> &str {
+        self.tap.as_ref().map_or("", Tap::name)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        drop(self.tap.take());
+        let _ = ip(&["netns", "del", &self.namespace]);
+    }
+}
+
+/// Runs `ip ARGS`; its standard error becomes the error if it fails.
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 static TAPS: Mutex<Vec<Arc<TapPort>>> = Mutex::new(Vec::new());
 
 /// Creates the TAP device `name` (needs CAP_NET_ADMIN) and joins it to `segment`. The caller

@@ -252,19 +252,10 @@ mod tests {
         assert!(r.is_pending());
     }
 
-    /// Linux: whether thread `tid` of this process sleeps (state `S`) in `futex(2)`, where a
-    /// condition variable waits, as `/proc/self/task/<tid>/{stat,syscall}` (proc(5)) show it.
+    /// Linux: whether thread `tid` sleeps in `futex(2)`, where a condition variable waits.
     #[cfg(target_os = "linux")]
     fn asleep_in_futex(tid: Option<u32>) -> bool {
-        let task = format!("/proc/self/task/{}", tid.expect("a thread id"));
-        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.trim_start().chars().next());
-        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
-        let nr = call.split_whitespace().next().and_then(|n| n.parse().ok());
-        state == Some('S') && nr == Some(libc::SYS_futex)
+        examples::threads::asleep_in(tid.expect("a thread id"), &[libc::SYS_futex])
     }
 
     /// Elsewhere there is no `/proc` to look at: the waiter is given 50 ms to get there, and the
@@ -290,10 +281,10 @@ mod tests {
             let thread = thread::spawn({
                 let (r, returned) = (Arc::clone(r), Arc::clone(&returned));
                 move || {
-                    // The last component of /proc/thread-self is the thread id.
-                    let tid = std::fs::read_link("/proc/thread-self")
-                        .ok()
-                        .and_then(|l| l.file_name()?.to_str()?.parse::<u32>().ok());
+                    #[cfg(target_os = "linux")]
+                    let tid = examples::threads::current_tid();
+                    #[cfg(not(target_os = "linux"))]
+                    let tid: Option<u32> = None;
                     tid_tx.send(tid).unwrap();
                     let ready = r.wait(None);
                     returned.store(true, Ordering::SeqCst);

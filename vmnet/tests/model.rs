@@ -705,29 +705,6 @@ mod with_model {
         assert!(g.leaks(Duration::ZERO).is_empty());
     }
 
-    fn ip(args: &[&str]) {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A network namespace of this test, deleted on drop.
-    struct Netns(String);
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-
     #[test]
     fn host_mode_reaches_a_linux_stack_over_a_tap() {
         let _g = Guard::new();
@@ -738,23 +715,16 @@ mod with_model {
             "needs root (a TAP device and a network namespace): run the model tests as root"
         );
         let pid = std::process::id();
-        let ns = Netns(format!("vmnet-model-{pid}"));
-        ip(&["netns", "add", &ns.0]);
-        // The TAP is the host's side of the host-mode network; its Linux end lives in `ns` with
-        // the host address 192.168.128.1 (the start address of the model's host network).
-        let tap = model::attach_tap(&format!("vmt{}", pid % 1_000_000), model::TapSegment::Host)
-            .expect("create the TAP");
-        ip(&["link", "set", tap.name(), "netns", &ns.0]);
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
+        // The TAP is the host's side of the host-mode network; its Linux end lives in a peer
+        // namespace with the host address 192.168.128.1 (the start address of the model's host
+        // network).
+        let peer = model::Peer::new(
+            &format!("vmnet-model-{pid}"),
+            &format!("vmt{}", pid % 1_000_000),
+            model::TapSegment::Host,
             "192.168.128.1/24",
-            "dev",
-            tap.name(),
-        ]);
-        ip(&["-n", &ns.0, "link", "set", tap.name(), "up"]);
+        )
+        .expect("a peer namespace behind the model's TAP");
 
         let iface = start(&Options::host());
         let mac = iface.params().mac.unwrap();
@@ -792,6 +762,6 @@ mod with_model {
             .expect("Linux answers ICMP echo over the TAP");
         assert!(pong.ends_with(b"over-the-tap"));
         iface.stop(T).unwrap();
-        drop(tap);
+        drop(peer);
     }
 }
