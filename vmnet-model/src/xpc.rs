@@ -378,8 +378,53 @@ pub unsafe extern "C" fn xpc_dictionary_set_uuid(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xpc_dictionary_get_uint64(xdict: *mut c_void, key: *const c_char) -> u64 {
     // SAFETY: forwarded.
+    unsafe { entry(xdict, key, as_u64) }.unwrap_or(0)
+}
+
+/// `f` applied to the value at `key` of `xdict`: `None` when the key is absent, `xdict` is not a
+/// live dictionary of the model, or `f` finds another type there.
+///
+/// # Safety
+///
+/// `key` is NUL-terminated.
+unsafe fn entry<R>(
+    xdict: *mut c_void,
+    key: *const c_char,
+    f: impl FnOnce(&Value) -> Option<R>,
+) -> Option<R> {
+    // SAFETY: forwarded.
     let child = unsafe { dict_get(xdict, key) };
-    with(child, |v| if let Value::U64(n) = v { *n } else { 0 }).unwrap_or(0)
+    with(child, |v| f(v)).flatten()
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::U64(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn as_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        _ => None,
+    }
+}
+
+/// The string's heap buffer, which lives as long as the string object (held by its container).
+fn as_c_str(v: &Value) -> Option<*const c_char> {
+    match v {
+        Value::Str(s) => Some(s.as_ptr()),
+        _ => None,
+    }
+}
+
+/// The UUID's heap bytes, which live as long as the UUID object (held by its container).
+fn as_uuid_ptr(v: &Value) -> Option<*const u8> {
+    match v {
+        Value::Uuid(u) => Some(u.as_ptr()),
+        _ => None,
+    }
 }
 
 /// `const char *xpc_dictionary_get_string(xpc_object_t xdict, const char *key);`
@@ -393,16 +438,7 @@ pub unsafe extern "C" fn xpc_dictionary_get_string(
     key: *const c_char,
 ) -> *const c_char {
     // SAFETY: forwarded.
-    let child = unsafe { dict_get(xdict, key) };
-    // The string's heap buffer lives as long as the child object, which the dictionary holds.
-    with(child, |v| {
-        if let Value::Str(s) = v {
-            s.as_ptr()
-        } else {
-            std::ptr::null()
-        }
-    })
-    .unwrap_or(std::ptr::null())
+    unsafe { entry(xdict, key, as_c_str) }.unwrap_or(std::ptr::null())
 }
 
 /// `bool xpc_dictionary_get_bool(xpc_object_t xdict, const char *key);`
@@ -413,8 +449,7 @@ pub unsafe extern "C" fn xpc_dictionary_get_string(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xpc_dictionary_get_bool(xdict: *mut c_void, key: *const c_char) -> bool {
     // SAFETY: forwarded.
-    let child = unsafe { dict_get(xdict, key) };
-    with(child, |v| matches!(v, Value::Bool(true))).unwrap_or(false)
+    unsafe { entry(xdict, key, as_bool) }.unwrap_or(false)
 }
 
 /// `const uint8_t *xpc_dictionary_get_uuid(xpc_object_t xdict, const char *key);`
@@ -428,15 +463,7 @@ pub unsafe extern "C" fn xpc_dictionary_get_uuid(
     key: *const c_char,
 ) -> *const u8 {
     // SAFETY: forwarded.
-    let child = unsafe { dict_get(xdict, key) };
-    with(child, |v| {
-        if let Value::Uuid(u) = v {
-            u.as_ptr()
-        } else {
-            std::ptr::null()
-        }
-    })
-    .unwrap_or(std::ptr::null())
+    unsafe { entry(xdict, key, as_uuid_ptr) }.unwrap_or(std::ptr::null())
 }
 
 /// `xpc_object_t xpc_dictionary_get_value(xpc_object_t xdict, const char *key);`
@@ -505,71 +532,43 @@ pub unsafe extern "C" fn xpc_array_get_value(xarray: *mut c_void, index: usize) 
 /// None beyond the C contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn xpc_array_get_string(xarray: *mut c_void, index: usize) -> *const c_char {
-    let child = array_item(xarray, index);
-    with(child, |v| {
-        if let Value::Str(s) = v {
-            s.as_ptr()
-        } else {
-            std::ptr::null()
-        }
-    })
-    .unwrap_or(std::ptr::null())
+    with(array_item(xarray, index), |v| as_c_str(v))
+        .flatten()
+        .unwrap_or(std::ptr::null())
 }
 
 /// Reads a dictionary entry of the model's own objects, for the vmnet model.
 pub(crate) fn read_u64(d: *mut c_void, key: &CStr) -> Option<u64> {
     // SAFETY: `key` is NUL-terminated.
-    let child = unsafe { dict_get(d, key.as_ptr()) };
-    with(child, |v| {
-        if let Value::U64(n) = v {
-            Some(*n)
-        } else {
-            None
-        }
-    })
-    .flatten()
+    unsafe { entry(d, key.as_ptr(), as_u64) }
 }
 
 /// As [`read_u64`] for strings.
 pub(crate) fn read_string(d: *mut c_void, key: &CStr) -> Option<String> {
     // SAFETY: `key` is NUL-terminated.
-    let child = unsafe { dict_get(d, key.as_ptr()) };
-    with(child, |v| {
-        if let Value::Str(s) = v {
-            s.to_str().ok().map(str::to_owned)
-        } else {
-            None
-        }
-    })
-    .flatten()
+    unsafe {
+        entry(d, key.as_ptr(), |v| match v {
+            Value::Str(s) => s.to_str().ok().map(str::to_owned),
+            _ => None,
+        })
+    }
 }
 
 /// As [`read_u64`] for booleans.
 pub(crate) fn read_bool(d: *mut c_void, key: &CStr) -> Option<bool> {
     // SAFETY: `key` is NUL-terminated.
-    let child = unsafe { dict_get(d, key.as_ptr()) };
-    with(child, |v| {
-        if let Value::Bool(b) = v {
-            Some(*b)
-        } else {
-            None
-        }
-    })
-    .flatten()
+    unsafe { entry(d, key.as_ptr(), as_bool) }
 }
 
 /// As [`read_u64`] for UUIDs.
 pub(crate) fn read_uuid(d: *mut c_void, key: &CStr) -> Option<[u8; 16]> {
     // SAFETY: `key` is NUL-terminated.
-    let child = unsafe { dict_get(d, key.as_ptr()) };
-    with(child, |v| {
-        if let Value::Uuid(u) = v {
-            Some(**u)
-        } else {
-            None
-        }
-    })
-    .flatten()
+    unsafe {
+        entry(d, key.as_ptr(), |v| match v {
+            Value::Uuid(u) => Some(**u),
+            _ => None,
+        })
+    }
 }
 
 /// Whether `d` is a live dictionary of this model.
