@@ -503,7 +503,7 @@ pub(crate) mod testutil {
 
     use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-    use crate::net::GuestSlice;
+    use crate::net::{Backend, GuestSlice, RxFrame, TxFrame};
     use crate::virtio::GuestMemory;
 
     pub fn memory() -> GuestMemory {
@@ -541,5 +541,41 @@ pub(crate) mod testutil {
             rest = &rest[k..];
         }
         assert!(rest.is_empty());
+    }
+
+    /// Receives with `b` into `count` frames of two buffers each (100 bytes, then `cap - 100`),
+    /// laid out from `at`; returns the frames as filled (dropped ones empty).
+    pub fn recv_frames(
+        b: &mut dyn Backend,
+        mem: &GuestMemory,
+        at: u64,
+        count: usize,
+        cap: usize,
+    ) -> Vec<Vec<u8>> {
+        let bufs: Vec<_> = (0..count)
+            .map(|i| slices(mem, at + (i * cap) as u64, &[100, cap - 100]))
+            .collect();
+        let mut frames: Vec<RxFrame<'_, '_>> =
+            bufs.iter().map(|s| RxFrame { bufs: s, len: 0 }).collect();
+        let n = b.recv(&mut frames).unwrap();
+        frames[..n].iter().map(|f| read(f.bufs, f.len)).collect()
+    }
+
+    /// Sends `data` with `b` as frames of two guest buffers each (up to 14 bytes, then the
+    /// rest), laid out from 0x8_0000; returns how many frames `b` took.
+    pub fn send_frames(b: &mut dyn Backend, mem: &GuestMemory, data: &[Vec<u8>]) -> usize {
+        let mut at = 0x8_0000u64;
+        let bufs: Vec<_> = data
+            .iter()
+            .map(|d| {
+                let first = d.len().min(14);
+                let s = slices(mem, at, &[first, d.len() - first]);
+                write(&s, d);
+                at += d.len() as u64;
+                s
+            })
+            .collect();
+        let frames: Vec<TxFrame<'_, '_>> = bufs.iter().map(|s| TxFrame { bufs: s }).collect();
+        b.send(&frames).unwrap()
     }
 }

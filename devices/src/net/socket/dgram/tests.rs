@@ -2,7 +2,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::net::socket::testutil::{memory, read, slices, write};
+use crate::net::socket::testutil::{memory, recv_frames, send_frames, slices, write};
 use crate::virtio::GuestMemory;
 
 fn pair() -> (DgramBackend, UnixDatagram) {
@@ -18,33 +18,9 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Receives into `count` frames of two buffers each (100 bytes, then `cap - 100`); returns
-/// the frames as filled (dropped ones empty).
+/// Receives into `count` frames of two buffers each; returns the frames as filled.
 fn recv(b: &mut DgramBackend, mem: &GuestMemory, count: usize, cap: usize) -> Vec<Vec<u8>> {
-    let bufs: Vec<_> = (0..count)
-        .map(|i| slices(mem, (i * cap) as u64, &[100, cap - 100]))
-        .collect();
-    let mut frames: Vec<RxFrame<'_, '_>> =
-        bufs.iter().map(|s| RxFrame { bufs: s, len: 0 }).collect();
-    let n = b.recv(&mut frames).unwrap();
-    frames[..n].iter().map(|f| read(f.bufs, f.len)).collect()
-}
-
-/// Sends `data` as frames of two guest buffers each; returns how many were taken.
-fn send(b: &mut DgramBackend, mem: &GuestMemory, data: &[Vec<u8>]) -> usize {
-    let mut at = 0x8_0000u64;
-    let bufs: Vec<_> = data
-        .iter()
-        .map(|d| {
-            let first = d.len().min(14);
-            let s = slices(mem, at, &[first, d.len() - first]);
-            write(&s, d);
-            at += d.len() as u64;
-            s
-        })
-        .collect();
-    let frames: Vec<TxFrame<'_, '_>> = bufs.iter().map(|s| TxFrame { bufs: s }).collect();
-    b.send(&frames).unwrap()
+    recv_frames(b, mem, 0, count, cap)
 }
 
 fn recv_peer(peer: &UnixDatagram) -> Vec<u8> {
@@ -66,7 +42,7 @@ fn frames_pass_both_ways_one_per_datagram_in_batches() {
     assert_eq!(recv(&mut b, &mem, 8, 1600), inbound);
     assert!(recv(&mut b, &mem, 8, 1600).is_empty());
     let out = vec![frame(42, 4), frame(1514, 5), frame(99, 6)];
-    assert_eq!(send(&mut b, &mem, &out), 3);
+    assert_eq!(send_frames(&mut b, &mem, &out), 3);
     for f in &out {
         assert_eq!(&recv_peer(&peer), f);
     }
@@ -95,7 +71,7 @@ fn a_full_socket_is_retried_a_bounded_time_then_frames_are_dropped() {
     let mut full = false;
     for _ in 0..200 {
         let start = Instant::now();
-        let n = send(&mut b, &mem, &batch);
+        let n = send_frames(&mut b, &mem, &batch);
         // Never a long block: the retries are bounded.
         assert!(
             start.elapsed() < Duration::from_millis(200),
@@ -121,7 +97,7 @@ fn a_full_socket_is_retried_a_bounded_time_then_frames_are_dropped() {
     }
     assert_eq!(got, taken);
     // With room again, frames go.
-    assert_eq!(send(&mut b, &mem, &batch[..1]), 1);
+    assert_eq!(send_frames(&mut b, &mem, &batch[..1]), 1);
 }
 
 #[test]
@@ -131,7 +107,7 @@ fn enobufs_is_congestion_retried_then_dropped() {
     let three = [frame(60, 1), frame(60, 2), frame(60, 3)];
     // A short burst of ENOBUFS (macOS's full receiver) is waited out.
     b.inject = Some((libc::ENOBUFS, 2));
-    assert_eq!(send(&mut b, &mem, &three), 3);
+    assert_eq!(send_frames(&mut b, &mem, &three), 3);
     for f in &three {
         assert_eq!(&recv_peer(&peer), f);
     }
@@ -139,7 +115,7 @@ fn enobufs_is_congestion_retried_then_dropped() {
     // A lasting one is given up on after the bound: the frames are dropped and counted.
     b.inject = Some((libc::ENOBUFS, 100));
     let start = Instant::now();
-    assert_eq!(send(&mut b, &mem, &three), 0);
+    assert_eq!(send_frames(&mut b, &mem, &three), 0);
     assert!(start.elapsed() < Duration::from_millis(100));
     assert_eq!(b.stats().congestion_drops.load(Ordering::Relaxed), 3);
     assert!(b.link_up());
@@ -151,11 +127,11 @@ fn a_peer_that_closes_takes_the_link_down() {
     let (mut b, peer) = pair();
     drop(peer);
     assert!(recv(&mut b, &mem, 4, 1600).is_empty());
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0)]), 0);
     assert!(!b.link_up());
     assert_eq!(b.stats().disconnects.load(Ordering::Relaxed), 1);
     // Nothing more goes, and nothing fails.
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0)]), 0);
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -184,7 +160,7 @@ fn a_path_peer_gets_the_vfkit_hello_answers_to_our_address_and_is_found_again() 
     assert_eq!(recv(&mut b, &mem, 2, 1600), vec![x]);
     // The helper restarts: the link goes down, then up again with a new hello.
     drop(helper);
-    assert_eq!(send(&mut b, &mem, &[frame(60, 2)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 2)]), 0);
     assert!(!b.link_up());
     std::fs::remove_file(&path).unwrap();
     let helper = UnixDatagram::bind(&path).unwrap();
@@ -192,7 +168,7 @@ fn a_path_peer_gets_the_vfkit_hello_answers_to_our_address_and_is_found_again() 
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let y = frame(70, 3);
-    assert_eq!(send(&mut b, &mem, std::slice::from_ref(&y)), 1);
+    assert_eq!(send_frames(&mut b, &mem, std::slice::from_ref(&y)), 1);
     assert!(b.link_up());
     assert_eq!(b.stats().reconnects.load(Ordering::Relaxed), 1);
     let n = helper.recv(&mut buf).unwrap();
@@ -254,7 +230,7 @@ fn a_listener_links_with_the_first_peer_and_with_the_next_one_after_it_left() {
     let o = SocketOptions::default();
     let mut a = DgramBackend::listen(&path, o).unwrap();
     assert!(!a.link_up(), "no peer yet: the link is down");
-    assert_eq!(send(&mut a, &mem, &[frame(60, 1)]), 0);
+    assert_eq!(send_frames(&mut a, &mem, &[frame(60, 1)]), 0);
     // A second listener at the same path is refused.
     let e = DgramBackend::listen(&path, o).unwrap_err();
     assert!(matches!(e, SocketError::InUse { .. }), "{e}");
@@ -264,13 +240,13 @@ fn a_listener_links_with_the_first_peer_and_with_the_next_one_after_it_left() {
         assert_eq!(recv(&mut a, &mem, 4, 1600), vec![Vec::<u8>::new()]);
         assert!(a.link_up());
         let (x, y) = (frame(98, round), frame(1514, round + 10));
-        assert_eq!(send(&mut b, &mem, std::slice::from_ref(&x)), 1);
+        assert_eq!(send_frames(&mut b, &mem, std::slice::from_ref(&x)), 1);
         assert_eq!(recv(&mut a, &mem, 4, 1600), vec![x]);
-        assert_eq!(send(&mut a, &mem, std::slice::from_ref(&y)), 1);
+        assert_eq!(send_frames(&mut a, &mem, std::slice::from_ref(&y)), 1);
         assert_eq!(recv(&mut b, &mem, 4, 1600), vec![y]);
         // The peer leaves: the listener notices on its next send and waits for another.
         drop(b);
-        assert_eq!(send(&mut a, &mem, &[frame(60, 2)]), 0);
+        assert_eq!(send_frames(&mut a, &mem, &[frame(60, 2)]), 0);
         assert!(!a.link_up());
     }
     drop(a);

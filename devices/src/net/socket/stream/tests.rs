@@ -4,8 +4,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::net::socket::testutil::{memory, read, slices, write};
-use crate::virtio::GuestMemory;
+use crate::net::socket::testutil::{memory, recv_frames, send_frames};
 
 fn pair() -> (StreamBackend, UnixStream) {
     let (a, b) = UnixStream::pair().unwrap();
@@ -24,41 +23,6 @@ fn framed(frames: &[&[u8]]) -> Vec<u8> {
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
-}
-
-/// Receives into `count` frames of two buffers each (100 bytes, then `cap - 100`), laid out
-/// from `at`; returns the frames as filled.
-fn recv_at(
-    b: &mut StreamBackend,
-    mem: &GuestMemory,
-    at: u64,
-    count: usize,
-    cap: usize,
-) -> Vec<Vec<u8>> {
-    let bufs: Vec<_> = (0..count)
-        .map(|i| slices(mem, at + (i * cap) as u64, &[100, cap - 100]))
-        .collect();
-    let mut frames: Vec<RxFrame<'_, '_>> =
-        bufs.iter().map(|s| RxFrame { bufs: s, len: 0 }).collect();
-    let n = b.recv(&mut frames).unwrap();
-    frames[..n].iter().map(|f| read(f.bufs, f.len)).collect()
-}
-
-/// Sends `data` as frames of two guest buffers each; returns how many were taken.
-fn send(b: &mut StreamBackend, mem: &GuestMemory, data: &[Vec<u8>]) -> usize {
-    let mut at = 0x8_0000u64;
-    let bufs: Vec<_> = data
-        .iter()
-        .map(|d| {
-            let first = d.len().min(14);
-            let s = slices(mem, at, &[first, d.len() - first]);
-            write(&s, d);
-            at += d.len() as u64;
-            s
-        })
-        .collect();
-    let frames: Vec<TxFrame<'_, '_>> = bufs.iter().map(|s| TxFrame { bufs: s }).collect();
-    b.send(&frames).unwrap()
 }
 
 /// Splits a byte stream into frames.
@@ -96,11 +60,11 @@ fn frames_pass_both_ways_behind_their_length() {
     let (x, y) = (frame(60, 1), frame(1514, 2));
     peer.write_all(&framed(&[&x, &y])).unwrap();
     assert_eq!(
-        recv_at(&mut b, &mem, 0, 4, 1600),
+        recv_frames(&mut b, &mem, 0, 4, 1600),
         vec![x.clone(), y.clone()]
     );
     let out = vec![frame(42, 3), frame(1514, 4), frame(99, 5)];
-    assert_eq!(send(&mut b, &mem, &out), 3);
+    assert_eq!(send_frames(&mut b, &mem, &out), 3);
     assert_eq!(unframe(&read_available(&mut peer)), out);
     assert!(b.link_up());
 }
@@ -113,12 +77,12 @@ fn a_frame_split_across_reads_is_resumed_in_other_buffers() {
     let s = framed(&[&x]);
     // Two bytes of the prefix, then the rest of it and part of the frame, then the end.
     peer.write_all(&s[..2]).unwrap();
-    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 2, 1600).is_empty());
     peer.write_all(&s[2..500]).unwrap();
-    assert!(recv_at(&mut b, &mem, 0x1_0000, 2, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0x1_0000, 2, 1600).is_empty());
     // The first 500 bytes went into buffers at 0x1_0000; the frame ends in others.
     peer.write_all(&s[500..]).unwrap();
-    assert_eq!(recv_at(&mut b, &mem, 0x4_0000, 2, 1600), vec![x]);
+    assert_eq!(recv_frames(&mut b, &mem, 0x4_0000, 2, 1600), vec![x]);
     assert!(b.partial.is_empty());
 }
 
@@ -131,7 +95,7 @@ fn a_length_above_the_limit_closes_the_connection_after_the_good_frames() {
     s.extend_from_slice(&1519u32.to_be_bytes());
     s.extend_from_slice(&[0; 1519]);
     peer.write_all(&s).unwrap();
-    assert_eq!(recv_at(&mut b, &mem, 0, 4, 1600), vec![x]);
+    assert_eq!(recv_frames(&mut b, &mem, 0, 4, 1600), vec![x]);
     assert!(!b.link_up());
     assert_eq!(b.stats().disconnects.load(Ordering::Relaxed), 1);
     // The peer sees the connection closed: its reads end.
@@ -139,7 +103,7 @@ fn a_length_above_the_limit_closes_the_connection_after_the_good_frames() {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0)]), 0);
 }
 
 #[test]
@@ -147,11 +111,11 @@ fn a_peer_that_closes_takes_the_link_down_and_nothing_is_sent() {
     let mem = memory();
     let (mut b, peer) = pair();
     drop(peer);
-    assert!(recv_at(&mut b, &mem, 0, 4, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 4, 1600).is_empty());
     assert!(!b.link_up());
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0)]), 0);
     // Idle afterwards: nothing to receive, no error.
-    assert!(recv_at(&mut b, &mem, 0, 4, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 4, 1600).is_empty());
 }
 
 #[test]
@@ -159,7 +123,7 @@ fn a_peer_that_closes_is_noticed_on_send_too() {
     let mem = memory();
     let (mut b, peer) = pair();
     drop(peer);
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0)]), 0);
     assert!(!b.link_up());
 }
 
@@ -169,7 +133,7 @@ fn zero_length_frames_are_skipped_and_counted() {
     let (mut b, mut peer) = pair();
     let x = frame(80, 4);
     peer.write_all(&framed(&[&[], &x, &[], &x])).unwrap();
-    assert_eq!(recv_at(&mut b, &mem, 0, 4, 1600), vec![x.clone(), x]);
+    assert_eq!(recv_frames(&mut b, &mem, 0, 4, 1600), vec![x.clone(), x]);
     assert_eq!(b.stats().zero_length.load(Ordering::Relaxed), 2);
 }
 
@@ -179,7 +143,7 @@ fn a_frame_larger_than_the_buffers_is_dropped_and_the_next_one_comes() {
     let (mut b, mut peer) = pair();
     let (big, small) = (frame(600, 1), frame(50, 2));
     peer.write_all(&framed(&[&big, &small])).unwrap();
-    assert_eq!(recv_at(&mut b, &mem, 0, 4, 300), vec![vec![], small]);
+    assert_eq!(recv_frames(&mut b, &mem, 0, 4, 300), vec![vec![], small]);
     assert_eq!(b.stats().truncated.load(Ordering::Relaxed), 1);
     assert!(b.link_up());
 }
@@ -216,7 +180,7 @@ fn a_full_socket_keeps_the_cut_frame_whole_and_finishes_it_when_room_comes() {
                 frame(1514, seed)
             })
             .collect();
-        let n = send(&mut b, &mem, &batch);
+        let n = send_frames(&mut b, &mem, &batch);
         taken.extend_from_slice(&batch[..n]);
         if b.pending_bytes() > 0 {
             break;
@@ -224,7 +188,7 @@ fn a_full_socket_keeps_the_cut_frame_whole_and_finishes_it_when_room_comes() {
     }
     assert!(b.pending_bytes() > 0, "the socket never cut a frame");
     // While a frame is half sent nothing else may go: the next frames are not taken.
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0xee)]), 0);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0xee)]), 0);
     // The backend's descriptor reports room once the peer reads, and on_ready finishes the
     // frame without any further send.
     let mut stream = Vec::new();
@@ -245,5 +209,5 @@ fn a_full_socket_keeps_the_cut_frame_whole_and_finishes_it_when_room_comes() {
     stream.extend(read_available(&mut peer));
     assert_eq!(unframe(&stream), taken);
     // And frames flow again.
-    assert_eq!(send(&mut b, &mem, &[frame(60, 0xaa)]), 1);
+    assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0xaa)]), 1);
 }
