@@ -359,20 +359,33 @@ fn send_through(
     }
 }
 
-#[test]
-fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin() {
-    let _guard = alongside_others();
+/// The start of the TAP fault tests: a rig on a TAP into a peer LAN (`lan_tag`, `rig_tag` name
+/// them), the driver up with 64 receive buffers, and the peer's MAC, which the peer gave in
+/// answer to ARP before any fault. `None`, after printing SKIPPED for `test`, where TAP tests
+/// cannot run.
+fn tap_rig(test: &str, lan_tag: &str, rig_tag: &str) -> Option<(Lan, Rig, [u8; 6])> {
     if let Some(reason) = skip_reason() {
-        println!(
-            "SKIPPED: tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin: {reason}"
-        );
-        return;
+        println!("SKIPPED: {test}: {reason}");
+        return None;
     }
-    let (lan, tap) = Lan::build("del");
-    let mut r = Rig::new(Box::new(tap), "flt-tapdel");
+    let (lan, tap) = Lan::build(lan_tag);
+    let mut r = Rig::new(Box::new(tap), rig_tag);
     r.sim.init(MRG_RXBUF | EVENT_IDX, 256).unwrap();
     r.sim.post_rx_buffers(64, RX_BUF).unwrap();
     let peer_mac = resolve_peer(&mut r.sim, 10).expect("the peer answers ARP before the fault");
+    Some((lan, r, peer_mac))
+}
+
+#[test]
+fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin() {
+    let _guard = alongside_others();
+    let Some((lan, mut r, peer_mac)) = tap_rig(
+        "tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does_not_spin",
+        "del",
+        "flt-tapdel",
+    ) else {
+        return;
+    };
     let echo = r.tx_buf(&echo_request(peer_mac, 0x4401, 1, &[0x5a; 56]));
     let before = r.counts();
 
@@ -412,17 +425,13 @@ fn tap_deleted_while_the_guest_sends_counts_errors_returns_every_buffer_and_does
 #[test]
 fn tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_is_up() {
     let _guard = alongside_others();
-    if let Some(reason) = skip_reason() {
-        println!(
-            "SKIPPED: tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_is_up: {reason}"
-        );
+    let Some((lan, mut r, peer_mac)) = tap_rig(
+        "tap_set_down_while_the_guest_sends_counts_drops_and_traffic_resumes_when_it_is_up",
+        "dwn",
+        "flt-tapdown",
+    ) else {
         return;
-    }
-    let (lan, tap) = Lan::build("dwn");
-    let mut r = Rig::new(Box::new(tap), "flt-tapdown");
-    r.sim.init(MRG_RXBUF | EVENT_IDX, 256).unwrap();
-    r.sim.post_rx_buffers(64, RX_BUF).unwrap();
-    let peer_mac = resolve_peer(&mut r.sim, 10).expect("the peer answers ARP before the fault");
+    };
     let echo = r.tx_buf(&echo_request(peer_mac, 0x4402, 1, &[0x5a; 56]));
     let before = r.counts();
 
