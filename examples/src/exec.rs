@@ -9,6 +9,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 struct ThreadWaker(Thread);
 
@@ -38,11 +39,36 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// As [`block_on`], but gives up after `limit`: `None` if `fut` is still pending then (it is
+/// dropped). For tests that wait for a frame that may never come.
+///
+/// ```
+/// use std::time::Duration;
+/// use examples::exec::block_on_timeout;
+/// assert_eq!(block_on_timeout(async { 6 * 7 }, Duration::from_secs(1)), Some(42));
+/// assert_eq!(block_on_timeout(std::future::pending::<u8>(), Duration::from_millis(10)), None);
+/// ```
+pub fn block_on_timeout<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+    let deadline = Instant::now() + limit;
+    let mut fut = pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        thread::park_timeout(left);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use std::time::Duration;
 
     /// A future that is pending until another thread completes it and wakes the waker.
     #[derive(Default)]

@@ -57,7 +57,7 @@ mod mac {
     use std::time::{Duration, Instant};
 
     use examples::echo::{Responder, arp_request, echo_request};
-    use examples::exec::block_on;
+    use examples::exec::block_on_timeout;
     use vmnet::{AsyncInterface, Error, Interface, Options};
 
     const START: Duration = Duration::from_secs(15);
@@ -248,33 +248,37 @@ mod mac {
         let b = AsyncInterface::new(b);
         let responder = Responder::new(mac_a, ip_a);
         let size = a.get_ref().limits().read_capacity();
-        let ok = block_on(async {
-            b.send_batch(&[echo_request(mac_b, mac_a, ip_b, ip_a, 9, 1, b"async")])
-                .await
-                .unwrap();
-            let mut bufs = vec![vec![0u8; size]; 8];
-            let mut lens = [0usize; 8];
-            // a: answer the first echo request.
-            loop {
-                let n = a.recv_batch(&mut bufs, &mut lens).await.unwrap();
-                let mut out = vec![0u8; size];
-                if let Some(len) =
-                    (0..n).find_map(|i| responder.reply(&bufs[i][..lens[i]], &mut out))
-                {
-                    out.truncate(len);
-                    a.send_batch(&[out]).await.unwrap();
-                    break;
+        // Bounded, so that a lost frame fails the test instead of hanging it, on a Mac too.
+        let ok = block_on_timeout(
+            async {
+                b.send_batch(&[echo_request(mac_b, mac_a, ip_b, ip_a, 9, 1, b"async")])
+                    .await
+                    .unwrap();
+                let mut bufs = vec![vec![0u8; size]; 8];
+                let mut lens = [0usize; 8];
+                // a: answer the first echo request.
+                loop {
+                    let n = a.recv_batch(&mut bufs, &mut lens).await.unwrap();
+                    let mut out = vec![0u8; size];
+                    if let Some(len) =
+                        (0..n).find_map(|i| responder.reply(&bufs[i][..lens[i]], &mut out))
+                    {
+                        out.truncate(len);
+                        a.send_batch(&[out]).await.unwrap();
+                        break;
+                    }
                 }
-            }
-            // b: see the reply.
-            loop {
-                let n = b.recv_batch(&mut bufs, &mut lens).await.unwrap();
-                if (0..n).any(|i| lens[i] >= 42 && bufs[i][23] == 1 && bufs[i][34] == 0) {
-                    return true;
+                // b: see the reply.
+                loop {
+                    let n = b.recv_batch(&mut bufs, &mut lens).await.unwrap();
+                    if (0..n).any(|i| lens[i] >= 42 && bufs[i][23] == 1 && bufs[i][34] == 0) {
+                        return true;
+                    }
                 }
-            }
-        });
-        assert!(ok);
+            },
+            Duration::from_secs(30),
+        );
+        assert_eq!(ok, Some(true), "no echo reply within 30 s");
         a.into_inner().stop(STOP).unwrap();
         b.into_inner().stop(STOP).unwrap();
     }
