@@ -212,11 +212,12 @@ fn run<H: QueueHandler>(
     }
 }
 
-/// Raises the used-buffer interrupt if the driver asked for one since the last decision
-/// (virtio 1.2, 2.7.10: `used_event` with `VIRTIO_RING_F_EVENT_IDX`, the `NO_INTERRUPT` flag
-/// without), as virtio-queue's `needs_notification` decides over the elements `add_used` put
-/// on the ring. Returns whether it signalled. A ring it cannot read counts as asking, so no
-/// completion goes unannounced.
+/// Raises the used-buffer interrupt if the driver asked for one, as virtio-queue's
+/// `needs_notification` decides over the elements `add_used` put on the ring since its last
+/// call: with `VIRTIO_RING_F_EVENT_IDX`, when the used index passed the driver's `used_event`
+/// (virtio 1.2, 2.7.10); without, always (virtio-queue does not read the `NO_INTERRUPT` flag,
+/// which the specification makes a hint). Returns whether it signalled. A ring it cannot read
+/// counts as asking, so no completion goes unannounced.
 pub fn signal_used_if_needed(
     queue: &mut Queue,
     mem: &GuestMemory,
