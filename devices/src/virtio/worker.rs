@@ -40,8 +40,9 @@ const STOP: Token = Token(u64::MAX);
 pub trait QueueHandler: Send + 'static {
     /// Descriptors to watch besides the queue notifiers, such as a backend's readiness
     /// descriptor; a wake-up names each one that fired by its index in this list
-    /// ([`Wake::source`]). They are watched edge-style: once woken, read until empty. At most
-    /// [`MAX_WATCHED`].
+    /// ([`Wake::source`]). They are watched edge-style: once woken, read until empty. Each must
+    /// stay open as long as the handler lives (the handler owning it is the simple way). At
+    /// most [`MAX_WATCHED`].
     fn sources(&self) -> Vec<BorrowedFd<'_>>;
 
     /// Runs once on the new thread before its first wait: buffers and backend data may be
