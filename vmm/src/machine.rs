@@ -17,14 +17,14 @@ use devices::bus::MmioBus;
 use devices::event::Notifier;
 use devices::net::Backend;
 use devices::serial::Pl011;
-use devices::virtio::GuestMemory;
 use devices::virtio::mmio::{MmioTransport, regs};
 use devices::virtio::net::{Net, NetConfig, NetMetrics};
+use devices::virtio::{GuestMemory, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::aarch64::fdt::{self, FdtConfig};
 use crate::arch::aarch64::image::{ImageError, ImageHeader};
-use crate::arch::aarch64::layout;
+use crate::arch::aarch64::layout::{self, MmioSlot};
 use crate::arch::aarch64::placement::{self, GuestRange, PlacementError};
 use crate::arch::aarch64::psci::{Psci, PsciAction};
 use crate::cli::{Args, CliError, NetDevice, NetSpec};
@@ -443,6 +443,93 @@ impl<V: Vm> VcpuContext<V> {
     }
 }
 
+/// A virtio device to put on the machine: the device and the virtio-mmio slot (register
+/// window and SPI) it takes. [`build`] wires every entry of one list of these to the bus and the
+/// hypervisor, and describes the same list in the device tree, whatever the device.
+struct VirtioSpec {
+    device: Box<dyn VirtioDevice>,
+    slot: MmioSlot,
+}
+
+/// The machine's virtio devices in slot order: the `--net` devices, slot `i` for the `i`-th.
+fn virtio_devices(
+    nets: Vec<NetPlan>,
+    args: &Args,
+    net_metrics: &mut Vec<(String, Arc<NetMetrics>)>,
+) -> Result<Vec<VirtioSpec>, VmmError> {
+    let mut out = Vec::with_capacity(nets.len());
+    for (i, plan) in nets.into_iter().enumerate() {
+        let slot = layout::virtio_mmio_slot(i).ok_or_else(|| {
+            VmmError::Cli(CliError::TooManyNets {
+                given: i + 1,
+                max: layout::VIRTIO_MMIO_MAX_SLOTS,
+            })
+        })?;
+        let net = Net::new(
+            plan.backend,
+            NetConfig {
+                mac: plan.mac,
+                name: plan.name.clone(),
+                tx_hold: Duration::from_micros(args.tx_hold_us.into()),
+                ..Default::default()
+            },
+        );
+        tracing::info!(
+            device = %plan.name,
+            mac = %devices::virtio::net::format_mac(&net.mac()),
+            base = format_args!("{:#x}", slot.base),
+            spi = slot.spi,
+            "virtio-net device"
+        );
+        net_metrics.push((plan.name, Arc::clone(net.metrics())));
+        out.push(VirtioSpec {
+            device: Box::new(net),
+            slot,
+        });
+    }
+    Ok(out)
+}
+
+/// Puts every device of the list on the machine ([`wire_virtio`]) and describes the same list
+/// in the device tree, a `virtio,mmio` node per slot; returns the transports in list order.
+fn place_virtio<V: Vm>(
+    vm: &V,
+    mem: &GuestMemory,
+    bus: &mut MmioBus,
+    fdt_cfg: &mut FdtConfig,
+    devices: Vec<VirtioSpec>,
+) -> Result<Vec<Arc<Mutex<MmioTransport>>>, VmmError> {
+    fdt_cfg.virtio_mmio = devices.iter().map(|d| d.slot).collect();
+    devices
+        .into_iter()
+        .map(|d| wire_virtio(vm, mem, bus, d))
+        .collect()
+}
+
+/// Puts one virtio device on the machine: its transport in the slot's window on the bus, its
+/// interrupt notifier on the slot's SPI, and each queue's notifier on `QueueNotify` of the
+/// window (where the hypervisor can take the store itself).
+fn wire_virtio<V: Vm>(
+    vm: &V,
+    mem: &GuestMemory,
+    bus: &mut MmioBus,
+    spec: VirtioSpec,
+) -> Result<Arc<Mutex<MmioTransport>>, VmmError> {
+    let setup = |what| move |source| VmmError::Setup { what, source };
+    let VirtioSpec { device, slot } = spec;
+    let irq = Notifier::new().map_err(setup("an interrupt notifier"))?;
+    vm.connect_irq(&irq, slot.spi)?;
+    let transport =
+        MmioTransport::new(device, mem.clone(), irq).map_err(setup("a virtio-mmio transport"))?;
+    for (q, n) in transport.queue_notifiers().iter().enumerate() {
+        vm.connect_queue_notify(n, slot.base + regs::QUEUE_NOTIFY, q as u32)?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(slot.base, slot.size, transport.clone())
+        .map_err(|e| setup("a virtio-mmio window")(std::io::Error::other(e)))?;
+    Ok(transport)
+}
+
 /// What the VMM set up, for logs and tests.
 #[derive(Debug)]
 pub struct Machine<V: Vm> {
@@ -494,45 +581,9 @@ pub fn build<V: Vm>(
     let mut fdt_cfg = FdtConfig::with_default_layout(args.cpus, args.memory, args.cmdline.clone());
     fdt_cfg.cpu_mpidrs = vm.mpidrs();
     fdt_cfg.initrd = l.initrd;
-    let mut transports = Vec::new();
     let mut net_metrics = Vec::new();
-    for (i, plan) in nets.into_iter().enumerate() {
-        let slot = layout::virtio_mmio_slot(i).ok_or_else(|| {
-            VmmError::Cli(CliError::TooManyNets {
-                given: i + 1,
-                max: layout::VIRTIO_MMIO_MAX_SLOTS,
-            })
-        })?;
-        let net = Net::new(
-            plan.backend,
-            NetConfig {
-                mac: plan.mac,
-                name: plan.name.clone(),
-                tx_hold: Duration::from_micros(args.tx_hold_us.into()),
-                ..Default::default()
-            },
-        );
-        tracing::info!(
-            device = %plan.name,
-            mac = %devices::virtio::net::format_mac(&net.mac()),
-            base = format_args!("{:#x}", slot.base),
-            spi = slot.spi,
-            "virtio-net device"
-        );
-        net_metrics.push((plan.name.clone(), Arc::clone(net.metrics())));
-        let irq = Notifier::new().map_err(setup("an interrupt notifier"))?;
-        vm.connect_irq(&irq, slot.spi)?;
-        let transport = MmioTransport::new(Box::new(net), mem.clone(), irq)
-            .map_err(setup("a virtio-mmio transport"))?;
-        for (q, n) in transport.queue_notifiers().iter().enumerate() {
-            vm.connect_queue_notify(n, slot.base + regs::QUEUE_NOTIFY, q as u32)?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        bus.insert(slot.base, slot.size, transport.clone())
-            .map_err(|e| setup("a virtio-mmio window")(std::io::Error::other(e)))?;
-        fdt_cfg.virtio_mmio.push(slot);
-        transports.push(transport);
-    }
+    let devices = virtio_devices(nets, args, &mut net_metrics)?;
+    let transports = place_virtio(&vm, &mem, &mut bus, &mut fdt_cfg, devices)?;
     fdt_cfg.psci = true;
     let blob = fdt::build(&fdt_cfg).map_err(VmmError::Fdt)?;
     mem.write_slice(&blob, GuestAddress(l.dtb.start))
@@ -1202,6 +1253,95 @@ mod tests {
         assert_eq!(u32::from_le_bytes(id), 1);
         let (_q, quit_rx) = mpsc::channel();
         assert_eq!(machine.run(quit_rx), ExitReason::PowerOff);
+    }
+
+    /// What the transport reads of a device: its ID and queue sizes. Enough to check where
+    /// the machine puts a device; nothing here activates it.
+    struct Probe {
+        id: u32,
+        queues: Vec<u16>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            self.id
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.queues
+        }
+        fn features(&self) -> u64 {
+            devices::virtio::features::VERSION_1
+        }
+        fn read_config(&self, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(
+            &mut self,
+            _: devices::virtio::ActivateContext,
+        ) -> Result<(), devices::virtio::ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn every_virtio_device_of_the_list_is_wired_and_in_the_device_tree() {
+        let vm = fake(true, 1, vec![]);
+        let seen = Arc::clone(&vm.seen);
+        let mem = guest_memory(64 << 20).unwrap();
+        let mut bus = MmioBus::new();
+        let mut cfg = FdtConfig::with_default_layout(1, 64 << 20, "");
+        let s0 = layout::virtio_mmio_slot(0).unwrap();
+        let s5 = layout::virtio_mmio_slot(5).unwrap();
+        let list = vec![
+            VirtioSpec {
+                device: Box::new(Probe {
+                    id: 4,
+                    queues: vec![8],
+                }),
+                slot: s0,
+            },
+            VirtioSpec {
+                device: Box::new(Probe {
+                    id: 2,
+                    queues: vec![8, 8, 8],
+                }),
+                slot: s5,
+            },
+        ];
+        let transports = place_virtio(&vm, &mem, &mut bus, &mut cfg, list).unwrap();
+        assert_eq!(transports.len(), 2);
+        assert_eq!(cfg.virtio_mmio, [s0, s5]);
+        {
+            let s = seen.lock().unwrap();
+            assert_eq!(s.irqs, [s0.spi, s5.spi]);
+            let qn = regs::QUEUE_NOTIFY;
+            assert_eq!(
+                s.notifies,
+                [
+                    (s0.base + qn, 0),
+                    (s5.base + qn, 0),
+                    (s5.base + qn, 1),
+                    (s5.base + qn, 2)
+                ]
+            );
+        }
+        // The guest finds each device behind its own window.
+        for (slot, id) in [(s0, 4u32), (s5, 2)] {
+            let mut b = [0u8; 4];
+            assert!(bus.read(slot.base + regs::DEVICE_ID, &mut b));
+            assert_eq!(u32::from_le_bytes(b), id);
+        }
+        // And the device tree names the same windows.
+        let blob = fdt::build(&cfg).unwrap();
+        for slot in [s0, s5] {
+            let node = format!("virtio_mmio@{:x}\0", slot.base);
+            assert!(
+                blob.windows(node.len()).any(|w| w == node.as_bytes()),
+                "{node} missing"
+            );
+        }
     }
 
     fn unsafe_geteuid() -> u32 {

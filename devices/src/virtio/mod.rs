@@ -18,6 +18,7 @@ use crate::event::Notifier;
 
 pub mod mmio;
 pub mod net;
+pub mod worker;
 
 /// The guest memory type the devices work on.
 pub type GuestMemory = GuestMemoryMmap<()>;

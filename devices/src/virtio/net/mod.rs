@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use virtio_bindings::virtio_net as vnet;
 
+use super::worker::Worker;
 use super::{ActivateContext, ActivateError, VirtioDevice, features};
 use crate::net::{Backend, BackendInfo, Offloads, VNET_HDR_LEN};
 
 mod datapath;
 mod worker;
+
+use worker::NetHandler;
 
 pub use datapath::{ChainError, DataPath, NetMetrics, PathConfig, RxEnd, TxEnd};
 
@@ -109,7 +112,7 @@ pub struct Net {
     tx_hold: Duration,
     info: BackendInfo,
     backend: Option<Box<dyn Backend>>,
-    worker: Option<worker::Worker>,
+    worker: Option<Worker<NetHandler>>,
     mac: [u8; 6],
     features: u64,
     queue_sizes: [u16; 2],
@@ -348,21 +351,18 @@ impl VirtioDevice for Net {
         let cfg = path_config(&self.info, acked_features);
         tracing::debug!(device = %self.name, ?cfg, features = acked_features, "virtio-net: activating");
         let path = DataPath::new(mem, rx, tx, interrupt, cfg, Arc::clone(&self.metrics));
-        match worker::Worker::spawn(
+        let handler = NetHandler::new(path, backend, Arc::clone(&self.link), self.tx_hold);
+        match Worker::spawn(
             format!("{}-io", self.name),
-            self.tx_hold,
-            path,
-            backend,
-            Arc::clone(rx_kick),
-            Arc::clone(tx_kick),
-            Arc::clone(&self.link),
+            handler,
+            vec![Arc::clone(rx_kick), Arc::clone(tx_kick)],
         ) {
             Ok(w) => {
                 self.worker = Some(w);
                 Ok(())
             }
-            Err((e, backend)) => {
-                self.backend = backend;
+            Err((e, handler)) => {
+                self.backend = handler.map(|h| h.backend);
                 Err(ActivateError::Io(e))
             }
         }
@@ -370,7 +370,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         if let Some(w) = self.worker.take() {
-            self.backend = w.stop();
+            self.backend = w.stop().map(|h| h.backend);
         }
     }
 }

@@ -1,24 +1,26 @@
-//! The net device's I/O thread: waits for work and runs the data path.
+//! What the net device does on its I/O thread: when to run the data path.
 //!
 //! One thread per device owns the queues and the backend from activation to reset, so the data
-//! path takes no lock shared with vCPU threads. It sleeps in a [`Poller`] on four sources: the
-//! TX queue's notifier, the RX queue's notifier, the backend's readiness descriptor and a stop
-//! notifier. Reset fires the stop notifier, joins the thread and gets the backend back.
+//! path takes no lock shared with vCPU threads. The thread is the generic virtio
+//! [`Worker`](crate::virtio::worker::Worker); [`NetHandler`] tells it to watch the backend's
+//! readiness descriptor besides the two queue notifiers, and decides on each wake-up which
+//! passes to run: TX on a TX kick or when a TX hold ends, RX on an RX kick, backend readiness
+//! or a due retry. Reset stops the worker, which hands the handler, and so the backend, back.
 
-use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::Link;
 use super::datapath::{DataPath, RxEnd, TxEnd, add};
-use crate::event::{Event, Notifier, Poller, Token};
 use crate::net::Backend;
+use crate::virtio::worker::{QueueHandler, Wake};
 
-const TX_KICK: Token = Token(0);
-const RX_KICK: Token = Token(1);
-const BACKEND: Token = Token(2);
-const STOP: Token = Token(3);
+/// The queues' indexes (virtio 1.2, 5.1.2: receiveq1 is 0, transmitq1 is 1).
+const RX_QUEUE: usize = 0;
+const TX_QUEUE: usize = 1;
+/// The backend's readiness descriptor, the only entry of [`NetHandler::sources`].
+const BACKEND: usize = 0;
 
 /// First and longest wait before receiving again after a backend error.
 const RX_RETRY_MIN: Duration = Duration::from_millis(10);
@@ -34,70 +36,43 @@ fn next_retry(end: RxEnd, current: Option<Duration>) -> Option<Duration> {
     }
 }
 
-/// A running worker thread.
-#[derive(Debug)]
-pub(crate) struct Worker {
-    stop: Notifier,
-    handle: JoinHandle<Box<dyn Backend>>,
+/// The net device's [`QueueHandler`]: the data path, the backend and the timers of TX holding
+/// and RX retries. The generic [`Worker`](crate::virtio::worker::Worker) runs it; stopping the
+/// worker hands it back, and with it the backend.
+pub(crate) struct NetHandler {
+    path: DataPath,
+    pub(crate) backend: Box<dyn Backend>,
+    link: Arc<Link>,
+    tx_hold: Duration,
+    /// While TX holds kicks off (the guest is sending faster than a frame per wake-up), when
+    /// the next pass is due: the guest queues frames without kicking until then.
+    tx_due: Option<Instant>,
+    /// The current back-off after a failed receive, and when the next receive is due.
+    rx_retry: Option<Duration>,
+    rx_retry_at: Option<Instant>,
 }
 
-impl Worker {
-    /// Registers the sources and starts the thread. On error the backend is handed back, unless
-    /// the thread itself could not be created (it then went down with the thread's closure).
-    pub(crate) fn spawn(
-        name: String,
-        tx_hold: Duration,
-        mut path: DataPath,
-        mut backend: Box<dyn Backend>,
-        rx_kick: Arc<Notifier>,
-        tx_kick: Arc<Notifier>,
+impl NetHandler {
+    pub(crate) fn new(
+        path: DataPath,
+        backend: Box<dyn Backend>,
         link: Arc<Link>,
-    ) -> Result<Self, (io::Error, Option<Box<dyn Backend>>)> {
-        let setup = (|| {
-            let poller = Poller::new()?;
-            let stop = Notifier::new()?;
-            poller.add_notifier(&tx_kick, TX_KICK)?;
-            poller.add_notifier(&rx_kick, RX_KICK)?;
-            poller.add_notifier(&stop, STOP)?;
-            poller.add(backend.ready_fd(), BACKEND)?;
-            let stop_thread = stop.try_clone()?;
-            Ok::<_, io::Error>((poller, stop, stop_thread))
-        })();
-        let (poller, stop, stop_thread) = match setup {
-            Ok(v) => v,
-            Err(e) => return Err((e, Some(backend))),
-        };
-        let handle = thread::Builder::new().name(name).spawn(move || {
-            run(
-                &poller,
-                tx_hold,
-                &mut path,
-                backend.as_mut(),
-                &rx_kick,
-                &tx_kick,
-                &stop_thread,
-                &link,
-            );
-            backend
-        });
-        match handle {
-            Ok(handle) => Ok(Self { stop, handle }),
-            Err(e) => Err((e, None)),
+        tx_hold: Duration,
+    ) -> Self {
+        Self {
+            path,
+            backend,
+            link,
+            tx_hold,
+            tx_due: None,
+            rx_retry: None,
+            rx_retry_at: None,
         }
     }
 
-    /// Stops the thread and returns the backend; `None` if the thread panicked.
-    pub(crate) fn stop(self) -> Option<Box<dyn Backend>> {
-        if let Err(e) = self.stop.notify() {
-            tracing::error!(error = %e, "virtio-net: cannot signal the worker to stop");
-        }
-        match self.handle.join() {
-            Ok(backend) => Some(backend),
-            Err(_) => {
-                tracing::error!("virtio-net: the worker thread panicked; the backend is lost");
-                None
-            }
-        }
+    /// The earlier of the two timers.
+    fn timer(&self) -> Option<Instant> {
+        [self.tx_due, self.rx_retry_at].into_iter().flatten().min()
     }
 }
 
@@ -106,89 +81,63 @@ impl Worker {
 /// never holds, so it gets no added latency.
 const HOLD_FROM_KICK: usize = 2;
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the thread's whole state, borrowed from Worker::spawn"
-)]
-fn run(
-    poller: &Poller,
-    tx_hold: Duration,
-    path: &mut DataPath,
-    backend: &mut dyn Backend,
-    rx_kick: &Notifier,
-    tx_kick: &Notifier,
-    stop: &Notifier,
-    link: &Link,
-) {
-    // Work may be pending from before the thread existed: kicks the transport consumed on
-    // reset are gone, but buffers and frames are not.
-    path.process_tx(backend);
-    let mut rx_retry = next_retry(path.process_rx(backend), None);
-    update_link(path, backend, link);
-    let mut rx_retry_at = rx_retry.map(|d| Instant::now() + d);
-    // While TX holds kicks off (the guest is sending faster than a frame per wake-up), when
-    // the next pass is due: the guest queues frames without kicking until then.
-    let mut tx_due: Option<Instant> = None;
-    let mut events: Vec<Event> = Vec::with_capacity(8);
-    loop {
-        let now = Instant::now();
-        let timeout = [tx_due, rx_retry_at]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now));
-        if let Err(e) = poller.wait(&mut events, timeout) {
-            tracing::error!(error = %e, "virtio-net: poller failed; worker stops");
-            return;
+impl QueueHandler for NetHandler {
+    fn sources(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.backend.ready_fd()]
+    }
+
+    fn start(&mut self) -> Option<Instant> {
+        // Work may be pending from before the thread existed: kicks the transport consumed on
+        // reset are gone, but buffers and frames are not.
+        let backend = self.backend.as_mut();
+        self.path.process_tx(backend);
+        self.rx_retry = next_retry(self.path.process_rx(backend), None);
+        update_link(&self.path, backend, &self.link);
+        self.rx_retry_at = self.rx_retry.map(|d| Instant::now() + d);
+        self.timer()
+    }
+
+    fn wake(&mut self, wake: &Wake) -> Option<Instant> {
+        let backend = self.backend.as_mut();
+        let path = &mut self.path;
+        let mut tx = wake.due(self.tx_due);
+        let mut rx = wake.due(self.rx_retry_at);
+        if wake.kicked(TX_QUEUE) {
+            add(&path.metrics.tx_kicks, 1);
+            tx = true;
         }
-        let now = Instant::now();
-        let mut tx = tx_due.is_some_and(|at| at <= now);
-        let mut rx = rx_retry_at.is_some_and(|at| at <= now);
-        let mut backend_ready = false;
-        for ev in &events {
-            match ev.token {
-                STOP => {
-                    let _ = stop.consume();
-                    return;
-                }
-                TX_KICK => {
-                    let _ = tx_kick.consume();
-                    add(&path.metrics.tx_kicks, 1);
-                    tx = true;
-                }
-                RX_KICK => {
-                    let _ = rx_kick.consume();
-                    add(&path.metrics.rx_kicks, 1);
-                    rx = true;
-                }
-                BACKEND => {
-                    rx = true;
-                    backend_ready = true;
-                }
-                _ => {}
-            }
+        if wake.kicked(RX_QUEUE) {
+            add(&path.metrics.rx_kicks, 1);
+            rx = true;
         }
+        let backend_ready = wake.source(BACKEND);
+        rx |= backend_ready;
         if backend_ready && let Err(e) = backend.on_ready() {
             add(&path.metrics.rx_errors, 1);
             tracing::debug!(error = %e, "virtio-net: backend readiness work failed");
         }
         // TX first: its completions free guest memory the guest may turn into RX buffers.
         if tx {
-            let end = if tx_hold.is_zero() {
+            let end = if self.tx_hold.is_zero() {
                 path.process_tx(backend);
                 TxEnd::Idle
             } else {
                 // Once holding, any frame keeps the hold: the guest is still sending.
-                let hold_at = if tx_due.is_some() { 1 } else { HOLD_FROM_KICK };
+                let hold_at = if self.tx_due.is_some() {
+                    1
+                } else {
+                    HOLD_FROM_KICK
+                };
                 path.process_tx_or_hold(backend, hold_at)
             };
-            tx_due = (end == TxEnd::Holding).then(|| Instant::now() + tx_hold);
+            self.tx_due = (end == TxEnd::Holding).then(|| Instant::now() + self.tx_hold);
         }
         if rx {
-            rx_retry = next_retry(path.process_rx(backend), rx_retry);
-            rx_retry_at = rx_retry.map(|d| Instant::now() + d);
+            self.rx_retry = next_retry(path.process_rx(backend), self.rx_retry);
+            self.rx_retry_at = self.rx_retry.map(|d| Instant::now() + d);
         }
-        update_link(path, backend, link);
+        update_link(path, backend, &self.link);
+        self.timer()
     }
 }
 
