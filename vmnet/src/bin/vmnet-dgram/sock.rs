@@ -342,12 +342,12 @@ impl Batch {
             self.msgs.push(m);
         }
         let got = self.recv_raw(sock)?;
-        for i in 0..got {
+        for (i, buf) in bufs.iter().enumerate().take(got) {
             let (len, cut, namelen) = self.result(i);
             let mut from = self.names[i];
             from.len = namelen;
             out.push(Received {
-                len: len.min(bufs[i].len()),
+                len: len.min(buf.len()),
                 cut,
                 from,
             });
