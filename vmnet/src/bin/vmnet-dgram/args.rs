@@ -13,7 +13,8 @@ vmnet-dgram: serves one vmnet interface to one datagram-socket client (vfkit, kr
 Usage: vmnet-dgram (--socket PATH | --fd N) [OPTIONS]
 
 The socket:
-  --socket PATH          bind a Unix datagram socket at PATH (which must not exist); removed at exit
+  --socket PATH          bind a Unix datagram socket at PATH (which must not exist); removed at exit;
+                         under sudo it belongs to the user who ran sudo
   --fd N                 serve the inherited Unix datagram socket N (connected, e.g. one end of a
                          socketpair, or bound)
   --peer PATH            send to the client bound at PATH (default: link with the first sender;

@@ -188,6 +188,7 @@ impl Sock {
         };
         prepare(sock.fd.as_raw_fd(), max_frame)
             .map_err(|e| format!("setting up the socket at {}: {e}", path.display()))?;
+        give_to_sudo_user(path)?;
         Ok(sock)
     }
 
@@ -259,6 +260,30 @@ impl Sock {
         let r = unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
         r > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
     }
+}
+
+/// Started with sudo (vmnet wants root), the socket is handed to the user who ran sudo, so that
+/// the client, running as that user, may connect to it (connecting needs write permission on
+/// the socket file).
+fn give_to_sudo_user(path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let id = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+    // SAFETY: geteuid has no preconditions.
+    let (Some(uid), Some(gid), 0) = (id("SUDO_UID"), id("SUDO_GID"), unsafe { libc::geteuid() })
+    else {
+        return Ok(());
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::chown(c.as_ptr(), uid, gid) } < 0 {
+        return Err(format!(
+            "giving {} to the sudo user {uid}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// The flags of every send: never block, and no `SIGPIPE` on Linux.
