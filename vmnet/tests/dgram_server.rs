@@ -224,16 +224,27 @@ mod with_model {
             .unwrap();
         // Received after all of the above: the server has dealt with them when it answers.
         ping_gateway(&client, mac, gw, 2);
+
+        // The client leaves (its socket closes, the file stays) and comes back at a new
+        // address, as a restarted client does: the server links with it.
+        drop(client);
+        // The foreign senders above made the server look at its peer; it looks again at most
+        // once a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let client = UnixDatagram::bind(dir.path("client2.sock")).unwrap();
+        client.connect(&path).unwrap();
+        client.send(b"VFKT").unwrap();
+        ping_gateway(&client, mac, gw, 3);
         std::thread::sleep(Duration::from_millis(300));
 
         let err = server.stop();
         assert!(!path.exists(), "the socket path is removed at exit");
         let stats = last_stats(&err);
         let n = |k: &str| json_u64(stats, k).unwrap_or_else(|| panic!("{k} in {stats}"));
-        assert_eq!(n("hellos"), 1);
-        assert_eq!(n("peers_linked"), 1);
-        assert_eq!(n("to_vmnet_frames"), 4, "{stats}");
-        assert!(n("to_socket_frames") >= 4, "{stats}");
+        assert_eq!(n("hellos"), 2);
+        assert_eq!(n("peers_linked"), 2);
+        assert_eq!(n("to_vmnet_frames"), 6, "{stats}");
+        assert!(n("to_socket_frames") >= 6, "{stats}");
         assert_eq!(n("drop_runt"), 1, "{stats}");
         assert_eq!(n("drop_oversized"), 1, "{stats}");
         assert_eq!(n("drop_foreign_sender"), 2, "{stats}");

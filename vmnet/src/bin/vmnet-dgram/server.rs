@@ -181,7 +181,12 @@ struct Peer {
     addr: Mutex<Option<Addr>>,
     /// Sends to the peer failed as if it were gone: a new sender may take its place.
     gone: AtomicBool,
+    /// When another sender last made us look whether the peer is still there.
+    last_probe: Mutex<Option<Instant>>,
 }
+
+/// Another sender makes the server look whether its peer is still there at most this often.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 enum Target {
     Nobody,
@@ -200,6 +205,27 @@ impl Peer {
         }
     }
 
+    /// Whether the linked peer closed its socket (a client that restarted binds a new
+    /// address, and vmnet may have nothing to send that would show the old one is gone); looked
+    /// at at most once per [`PROBE_EVERY`], so a flood from another sender costs little.
+    fn peer_left(&self, cur: &Option<Addr>) -> bool {
+        let Some(a) = cur else { return false };
+        let mut last = self
+            .last_probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        let left = !sock::is_alive(a);
+        if left {
+            info(format_args!("the peer {a:?} has left"));
+        }
+        left
+    }
+
     /// Whether a datagram from `from` is the peer's; links with it when it may be.
     fn accept(&self, from: &Addr, stats: &Stats, log: &mut RateLimit) -> bool {
         if matches!(self.mode, PeerMode::Connected) {
@@ -214,7 +240,7 @@ impl Peer {
                 true
             }
             (None, PeerMode::FirstSender) | (Some(_), PeerMode::FirstSender)
-                if cur.is_none() || self.gone.load(Ordering::Relaxed) =>
+                if cur.is_none() || self.gone.load(Ordering::Relaxed) || self.peer_left(&cur) =>
             {
                 if !from.is_addressable() {
                     bump(&stats.drop_unaddressable_sender, 1);
@@ -528,6 +554,7 @@ pub fn run(args: &Args) -> ExitCode {
         mode,
         addr: Mutex::new(addr),
         gone: AtomicBool::new(false),
+        last_probe: Mutex::new(None),
     };
 
     let iface = match Interface::start(&args.options, args.start_timeout) {

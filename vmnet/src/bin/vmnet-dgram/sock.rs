@@ -513,6 +513,22 @@ impl Batch {
     }
 }
 
+/// Whether a datagram socket is still bound at `addr`: a connect sends nothing, and fails when
+/// the socket is closed (`ECONNREFUSED`) or its path removed (`ENOENT`).
+pub fn is_alive(addr: &Addr) -> bool {
+    // SAFETY: socket takes no pointers; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        // Cannot tell: keep the peer.
+        return true;
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr.raw` is a valid sockaddr_un of `addr.len` bytes that outlives the call.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr.raw).cast(), addr.len) };
+    r == 0 || !peer_gone(&io::Error::last_os_error())
+}
+
 /// Errors that mean the peer is not there (gone, or its path removed).
 pub fn peer_gone(e: &io::Error) -> bool {
     matches!(
