@@ -17,8 +17,9 @@ The socket:
                          under sudo it belongs to the user who ran sudo
   --fd N                 serve the inherited Unix datagram socket N (connected, e.g. one end of a
                          socketpair, or bound)
-  --peer PATH            send to the client bound at PATH (default: link with the first sender;
-                         a 4-byte \"VFKT\" hello, as vfkit sends, links without being a frame)
+  --peer PATH            send to the client bound at PATH (default: link with the first sender,
+                         and with a new one once that one has closed its socket; a 4-byte
+                         \"VFKT\" hello, as vfkit sends, links without being a frame)
 
 The interface (vmnet's interface_desc keys):
   --mode MODE            shared (default), host or bridged
