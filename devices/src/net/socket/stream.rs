@@ -28,12 +28,12 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::framing::{self, Decoder, LEN_BYTES};
 use super::{
-    Kind, MAX_IOVECS, SEND_FLAGS, SocketError, SocketOptions, SocketStats, bump, capacity,
+    Kind, MAX_IOVECS, Redial, SEND_FLAGS, SocketError, SocketOptions, SocketStats, bump, capacity,
     congested, peer_gone, push_iovecs,
 };
 use crate::event::{Notifier, Poller, Token};
@@ -42,62 +42,6 @@ use crate::net::{Backend, BackendInfo, GuestSlice, Offloads, RxFrame, TxFrame};
 const SOCKET: Token = Token(0);
 /// The redial thread found the peer again.
 const REDIALED: Token = Token(1);
-
-/// How often a lost peer at a path is looked for again.
-pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
-
-/// A thread that looks for a lost peer at its path once per [`RECONNECT_EVERY`] and hands over
-/// the first connection that succeeds. Dropping it stops the thread.
-#[derive(Debug)]
-struct Redial {
-    stop: Arc<Notifier>,
-    found: Arc<Mutex<Option<OwnedFd>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Redial {
-    fn start(path: PathBuf, ready: Arc<Notifier>) -> io::Result<Self> {
-        let stop = Arc::new(Notifier::new()?);
-        let found = Arc::new(Mutex::new(None));
-        let (halt, slot) = (Arc::clone(&stop), Arc::clone(&found));
-        let thread = std::thread::Builder::new()
-            .name("net-stream-redial".into())
-            .spawn(move || {
-                // A failing wait ends the thread rather than letting it spin.
-                while let Ok(false) = halt.wait_timeout(RECONNECT_EVERY) {
-                    let Ok(sock) = super::new_socket(Kind::Stream) else {
-                        continue;
-                    };
-                    if super::connect_path(sock.as_fd(), &path, Kind::Stream).is_ok() {
-                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(sock);
-                        let _ = ready.notify();
-                        return;
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop,
-            found,
-            thread: Some(thread),
-        })
-    }
-
-    fn take(&self) -> Option<OwnedFd> {
-        self.found
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-}
-
-impl Drop for Redial {
-    fn drop(&mut self) {
-        let _ = self.stop.notify();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A [`Backend`] on a stream socket.
 #[derive(Debug)]
@@ -191,7 +135,7 @@ impl StreamBackend {
         // SAFETY: shutdown takes no pointers; the descriptor is ours.
         unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some((path, ready)) = &self.peer {
-            match Redial::start(path.clone(), Arc::clone(ready)) {
+            match Redial::start(path.clone(), Kind::Stream, Arc::clone(ready)) {
                 Ok(r) => {
                     self.redial = Some(r);
                     tracing::info!(path = %path.display(), "network stream socket: looking for the peer again once a second");
