@@ -258,7 +258,13 @@ impl Sock {
         };
         // SAFETY: one live pollfd.
         let r = unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
-        r > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
+        if r > 0 && pfd.revents & libc::POLLIN == 0 {
+            // An error or hang-up with nothing to read would report again at once: wait out the
+            // timeout rather than spin.
+            std::thread::sleep(std::time::Duration::from_millis(timeout_ms.max(0) as u64));
+            return false;
+        }
+        r > 0
     }
 }
 
