@@ -133,3 +133,84 @@ fn the_device_on_a_datagram_socket_moves_frames_both_ways_and_reports_the_peer_l
     );
     assert_eq!(link_status(&sim), 0, "the link is still up");
 }
+
+#[test]
+fn the_device_on_a_stream_path_reports_the_peer_leaving_and_coming_back() {
+    use std::os::unix::net::UnixListener;
+    let dir = std::env::temp_dir().join(format!("devices-stream-back-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("helper.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let backend = StreamBackend::connect(&path, SocketOptions::default()).unwrap();
+    let mut sim = device(Box::new(backend));
+    let (first, _) = listener.accept().unwrap();
+    assert_eq!(link_status(&sim), 1);
+
+    // The helper drops the connection (as a restarting helper does) and keeps listening.
+    sim.ack_interrupt();
+    drop(first);
+    assert!(
+        wait_config_change(&mut sim),
+        "no interrupt for the link going down"
+    );
+    assert_eq!(link_status(&sim), 0, "the link is still up");
+
+    // The backend comes back on its own, without the guest sending anything: the guest is told.
+    let (mut second, _) = listener.accept().unwrap();
+    assert!(
+        wait_config_change(&mut sim),
+        "no interrupt for the link coming back"
+    );
+    assert_eq!(link_status(&sim), 1, "the link is still down");
+    let x = frame(400, 6);
+    second.write_all(&(x.len() as u32).to_be_bytes()).unwrap();
+    second.write_all(&x).unwrap();
+    assert_eq!(sim.recv_frames(1, TIMEOUT).unwrap(), vec![x]);
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_device_on_a_datagram_path_comes_back_up_without_the_guest_sending() {
+    let dir = std::env::temp_dir().join(format!("devices-dgram-back-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("helper.sock");
+    let helper = UnixDatagram::bind(&path).unwrap();
+    let backend = DgramBackend::connect(&path, SocketOptions::default(), true).unwrap();
+    let mut sim = device(Box::new(backend));
+    helper.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = vec![0u8; 2000];
+    let n = helper.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"VFKT");
+
+    // The helper exits; the guest's next frame finds it gone.
+    sim.ack_interrupt();
+    drop(helper);
+    std::fs::remove_file(&path).unwrap();
+    sim.send_frame(&frame(60, 1)).unwrap();
+    assert!(
+        wait_config_change(&mut sim),
+        "no interrupt for the link going down"
+    );
+    assert_eq!(link_status(&sim), 0, "the link is still up");
+
+    // It restarts at the same path. A guest whose link is down sends nothing: the backend
+    // finds the helper by itself, says hello again and the guest is told the link is up.
+    let helper = UnixDatagram::bind(&path).unwrap();
+    helper.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let n = helper.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"VFKT", "the hello, again");
+    assert!(
+        wait_config_change(&mut sim),
+        "no interrupt for the link coming back"
+    );
+    assert_eq!(link_status(&sim), 1, "the link is still down");
+    let out = frame(500, 2);
+    sim.send_frame(&out).unwrap();
+    let n = helper.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &out[..]);
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,9 +15,12 @@
 //! full) is congestion: the backend waits a little for room and tries again, a bounded number
 //! of times per call (under 2 ms in all), then leaves the rest of the batch untaken
 //! ([`SocketStats::congestion_drops`], and the device's `tx_dropped`). A peer that went away
-//! (`ECONNREFUSED` and the like) takes the link down; a backend connected to a path tries to
-//! reach it again at most once a second while the guest sends, so a restarted helper brings
-//! the link back up.
+//! (`ECONNREFUSED` and the like) takes the link down; a backend connected to a path then looks
+//! for it there once a second on a thread of its own (a guest whose link is down sends
+//! nothing), which wakes the backend's poller when the path answers; the worker's
+//! [`Backend::on_ready`] then connects the backend's socket again (with the hello), so a
+//! restarted helper brings the link back up. The descriptor the worker polls is therefore a
+//! poller of the backend's own, holding the socket and that thread's notifier.
 //!
 //! Listening ([`DgramBackend::listen`]) binds the socket at a path and links with the first
 //! peer that sends to it (another VMM's `dgram:PATH`, whose hello makes it known at once): two
@@ -32,9 +35,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    Kind, MAX_IOVECS, SEND_FLAGS, SocketError, SocketOptions, SocketStats, bump, congested,
-    peer_gone,
+    Kind, MAX_IOVECS, RECONNECT_EVERY, Redial, SEND_FLAGS, SocketError, SocketOptions, SocketStats,
+    bump, congested, peer_gone,
 };
+use crate::event::{Notifier, Poller, Token};
 use crate::net::{Backend, BackendInfo, GuestSlice, Offloads, RxFrame, TxFrame};
 use crate::ratelimit::RateLimit;
 use crate::warn_limited;
@@ -45,8 +49,10 @@ pub const VFKIT_HELLO: &[u8; 4] = b"VFKT";
 /// Waits for room before giving up on the rest of a batch.
 const CONGESTION_RETRIES: u32 = 4;
 
-/// How often a lost peer at a path is looked for again.
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// The socket, in the backend's own poller.
+const SOCKET: Token = Token(0);
+/// The redial thread found the peer at its path again.
+const REDIALED: Token = Token(1);
 
 /// A [`Backend`] on a datagram socket.
 #[derive(Debug)]
@@ -62,6 +68,12 @@ pub struct DgramBackend {
     /// Listening at `local` for the next peer to send.
     awaiting_peer: bool,
     last_reconnect: Option<Instant>,
+    /// The poller the worker watches: the socket, and the notifier of `redial`.
+    poller: Poller,
+    /// Raised by the redial thread; registered in `poller` when connected to a path.
+    ready: Option<Arc<Notifier>>,
+    /// Looks for the lost peer at `peer` while the link is down.
+    redial: Option<Redial>,
     stats: Arc<SocketStats>,
     log: RateLimit,
     /// Tests: fail the next sends with this error, this many times.
@@ -99,6 +111,11 @@ impl DgramBackend {
         let mut b = Self::new(sock, opts, Some(local))?;
         b.peer = Some(path.to_owned());
         b.hello = vfkit_hello;
+        let ready = Notifier::new().map_err(super::io_err("creating a notifier"))?;
+        b.poller
+            .add_notifier(&ready, REDIALED)
+            .map_err(super::io_err("registering the notifier"))?;
+        b.ready = Some(Arc::new(ready));
         super::connect_path(b.sock.as_fd(), path, Kind::Dgram)?;
         if vfkit_hello {
             b.send_hello()
@@ -218,6 +235,7 @@ impl DgramBackend {
         opts: SocketOptions,
         local: Option<PathBuf>,
     ) -> Result<Self, SocketError> {
+        let poller = Poller::new().map_err(super::io_err("creating a poller"))?;
         let b = Self {
             sock,
             opts,
@@ -227,6 +245,9 @@ impl DgramBackend {
             up: true,
             awaiting_peer: false,
             last_reconnect: None,
+            poller,
+            ready: None,
+            redial: None,
             stats: Arc::default(),
             log: RateLimit::new(Duration::from_secs(5), 5),
             #[cfg(test)]
@@ -234,6 +255,9 @@ impl DgramBackend {
         };
         super::check_fd(b.sock.as_raw_fd(), Kind::Dgram)?;
         super::prepare(b.sock.as_fd(), Kind::Dgram)?;
+        b.poller
+            .add(b.sock.as_fd(), SOCKET)
+            .map_err(super::io_err("registering the socket"))?;
         Ok(b)
     }
 
@@ -271,6 +295,7 @@ impl DgramBackend {
             bump(&self.stats.disconnects, 1);
             tracing::warn!(error = %e, "network datagram socket: the peer is gone; the link is down");
         }
+        self.start_redial();
         if self.peer.is_none() && self.local.is_some() && !self.awaiting_peer {
             // Listening: forget the peer (connect to AF_UNSPEC) and wait for the next one.
             // SAFETY: sockaddr is plain data; all zeroes is AF_UNSPEC.
@@ -284,6 +309,23 @@ impl DgramBackend {
                 )
             };
             self.awaiting_peer = true;
+        }
+    }
+
+    /// Starts looking for a lost peer at its path (connected to a path only): the guest, its
+    /// link down, sends nothing that would make [`try_reconnect`](Self::try_reconnect) run.
+    fn start_redial(&mut self) {
+        if self.redial.is_some() {
+            return;
+        }
+        let (Some(path), Some(ready)) = (&self.peer, &self.ready) else {
+            return;
+        };
+        match Redial::start(path.clone(), Kind::Dgram, Arc::clone(ready)) {
+            Ok(r) => self.redial = Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "network datagram socket: cannot look for the peer in the background");
+            }
         }
     }
 
@@ -304,6 +346,7 @@ impl DgramBackend {
             && (!self.hello || self.send_hello().is_ok())
         {
             self.up = true;
+            self.redial = None;
             bump(&self.stats.reconnects, 1);
             tracing::info!(path = %path.display(), "network datagram socket: the peer is back; the link is up");
         }
@@ -493,7 +536,27 @@ impl Backend for DgramBackend {
     }
 
     fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.poller.as_fd()
+    }
+
+    fn on_ready(&mut self) -> io::Result<()> {
+        // Empty the backend's own poller, or (on macOS) it would not report again.
+        let mut events = Vec::with_capacity(4);
+        while self.poller.wait(&mut events, Some(Duration::ZERO))? == events.capacity() {}
+        if let Some(ready) = &self.ready {
+            ready.consume()?;
+        }
+        // The redial thread reached the peer (its socket is of no use: ours has the address the
+        // peer answers to): connect ours now.
+        if !self.up && self.redial.as_ref().and_then(Redial::take).is_some() {
+            self.redial = None;
+            self.last_reconnect = None;
+            self.try_reconnect();
+            if !self.up {
+                self.start_redial();
+            }
+        }
+        Ok(())
     }
 
     fn recv(&mut self, frames: &mut [RxFrame<'_, '_>]) -> io::Result<usize> {

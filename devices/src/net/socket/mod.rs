@@ -12,11 +12,14 @@
 //! [`Backend::link_up`]: super::Backend::link_up
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::GuestSlice;
+use crate::event::Notifier;
 
 pub mod dgram;
 pub mod framing;
@@ -477,6 +480,65 @@ fn read_guest(bufs: &[GuestSlice<'_>], len: usize) -> Vec<u8> {
         off += k;
     }
     v
+}
+
+/// How often a lost peer at a path is looked for again.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// A thread that looks for a lost peer at its path once per [`RECONNECT_EVERY`], hands over
+/// the first socket of `kind` that connects to it and raises `ready` (which the backend's
+/// poller watches). A guest whose link is down sends nothing, so a backend cannot wait for a
+/// send to try again. Dropping it stops the thread.
+#[derive(Debug)]
+pub(crate) struct Redial {
+    stop: Arc<Notifier>,
+    found: Arc<Mutex<Option<OwnedFd>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Redial {
+    pub(crate) fn start(path: PathBuf, kind: Kind, ready: Arc<Notifier>) -> io::Result<Self> {
+        let stop = Arc::new(Notifier::new()?);
+        let found = Arc::new(Mutex::new(None));
+        let (halt, slot) = (Arc::clone(&stop), Arc::clone(&found));
+        let thread = std::thread::Builder::new()
+            .name("net-socket-redial".into())
+            .spawn(move || {
+                // A failing wait ends the thread rather than letting it spin.
+                while let Ok(false) = halt.wait_timeout(RECONNECT_EVERY) {
+                    let Ok(sock) = new_socket(kind) else {
+                        continue;
+                    };
+                    if connect_path(sock.as_fd(), &path, kind).is_ok() {
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(sock);
+                        let _ = ready.notify();
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            found,
+            thread: Some(thread),
+        })
+    }
+
+    /// The connected socket, once the thread found the peer.
+    pub(crate) fn take(&self) -> Option<OwnedFd> {
+        self.found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Drop for Redial {
+    fn drop(&mut self) {
+        let _ = self.stop.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Errors that mean the peer is gone.

@@ -17,22 +17,31 @@
 //!
 //! The descriptor the worker polls is a poller of the backend's own holding the socket, so that
 //! write readiness is watched only while a frame is half sent.
+//!
+//! A peer that goes away takes the link down. A backend connected to a path then looks for the
+//! peer there again, once a second, on a thread of its own (a guest whose link is down sends
+//! nothing, so sends cannot be what drives it); when a connection succeeds the thread wakes the
+//! backend's poller, and the worker's next [`Backend::on_ready`] takes the new connection and
+//! brings the link up (a restarted passt or socket_vmnet). A backend on an inherited descriptor
+//! stays down.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::framing::{self, Decoder, LEN_BYTES};
 use super::{
-    Kind, MAX_IOVECS, SEND_FLAGS, SocketError, SocketOptions, SocketStats, bump, capacity,
+    Kind, MAX_IOVECS, Redial, SEND_FLAGS, SocketError, SocketOptions, SocketStats, bump, capacity,
     congested, peer_gone, push_iovecs,
 };
-use crate::event::{Poller, Token};
+use crate::event::{Notifier, Poller, Token};
 use crate::net::{Backend, BackendInfo, GuestSlice, Offloads, RxFrame, TxFrame};
 
 const SOCKET: Token = Token(0);
+/// The redial thread found the peer again.
+const REDIALED: Token = Token(1);
 
 /// A [`Backend`] on a stream socket.
 #[derive(Debug)]
@@ -53,6 +62,9 @@ pub struct StreamBackend {
     watching_writable: bool,
     up: bool,
     stats: Arc<SocketStats>,
+    /// The peer's path and the notifier the redial thread raises, when connected to a path.
+    peer: Option<(PathBuf, Arc<Notifier>)>,
+    redial: Option<Redial>,
 }
 
 impl StreamBackend {
@@ -60,7 +72,13 @@ impl StreamBackend {
     pub fn connect(path: &Path, opts: SocketOptions) -> Result<Self, SocketError> {
         let sock = super::new_socket(Kind::Stream).map_err(super::io_err("socket"))?;
         super::connect_path(sock.as_fd(), path, Kind::Stream)?;
-        Self::from_fd(sock, opts)
+        let mut b = Self::from_fd(sock, opts)?;
+        let ready = Notifier::new().map_err(super::io_err("creating a notifier"))?;
+        b.poller
+            .add_notifier(&ready, REDIALED)
+            .map_err(super::io_err("registering the notifier"))?;
+        b.peer = Some((path.to_owned(), Arc::new(ready)));
+        Ok(b)
     }
 
     /// Takes a connected stream socket (one end of a `socketpair`, or a descriptor inherited
@@ -86,6 +104,8 @@ impl StreamBackend {
             watching_writable: false,
             up: true,
             stats: Arc::default(),
+            peer: None,
+            redial: None,
         })
     }
 
@@ -114,6 +134,41 @@ impl StreamBackend {
         tracing::warn!("network stream socket: {why}; the link is down");
         // SAFETY: shutdown takes no pointers; the descriptor is ours.
         unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some((path, ready)) = &self.peer {
+            match Redial::start(path.clone(), Kind::Stream, Arc::clone(ready)) {
+                Ok(r) => {
+                    self.redial = Some(r);
+                    tracing::info!(path = %path.display(), "network stream socket: looking for the peer again once a second");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "network stream socket: cannot look for the peer again; the link stays down");
+                }
+            }
+        }
+    }
+
+    /// Takes a connection the redial thread made: the link comes back up, with a fresh decoder.
+    fn take_redialed(&mut self) -> io::Result<()> {
+        let Some(sock) = self.redial.as_ref().and_then(Redial::take) else {
+            return Ok(());
+        };
+        self.redial = None;
+        super::prepare(sock.as_fd(), Kind::Stream).map_err(io::Error::other)?;
+        // The old socket leaves the poller before it is closed.
+        let _ = self.poller.remove(self.sock.as_fd());
+        self.poller.add(sock.as_fd(), SOCKET)?;
+        self.sock = sock;
+        self.decoder = Decoder::new(self.opts.max_frame_len());
+        self.zero_seen = 0;
+        self.partial.clear();
+        self.dropping = false;
+        self.pending.clear();
+        self.pending_off = 0;
+        self.watching_writable = false;
+        self.up = true;
+        bump(&self.stats.reconnects, 1);
+        tracing::info!("network stream socket: the peer is back; the link is up");
+        Ok(())
     }
 
     fn watch_writable(&mut self, on: bool) -> io::Result<()> {
@@ -382,6 +437,12 @@ impl Backend for StreamBackend {
         // Empty the backend's own poller, or (on macOS) it would not report again.
         let mut events = Vec::with_capacity(4);
         while self.poller.wait(&mut events, Some(Duration::ZERO))? == events.capacity() {}
+        if !self.up {
+            if let Some((_, ready)) = &self.peer {
+                ready.consume()?;
+            }
+            self.take_redialed()?;
+        }
         if self.up && self.pending_bytes() > 0 {
             self.flush()?;
         }

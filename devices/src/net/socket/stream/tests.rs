@@ -211,3 +211,99 @@ fn a_full_socket_keeps_the_cut_frame_whole_and_finishes_it_when_room_comes() {
     // And frames flow again.
     assert_eq!(send_frames(&mut b, &mem, &[frame(60, 0xaa)]), 1);
 }
+
+/// Waits up to `within` for the backend's poller to fire, then lets the backend take what
+/// fired (as the worker does); whether the link is up afterwards.
+fn wait_link_up(b: &mut StreamBackend, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if readable(b.ready_fd(), 50) {
+            b.on_ready().unwrap();
+            if b.link_up() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn a_peer_at_a_path_that_comes_back_is_reconnected_at_most_once_a_second() {
+    use std::os::unix::net::UnixListener;
+    let mem = memory();
+    let dir = std::env::temp_dir().join(format!("devices-stream-redial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("peer.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut b = StreamBackend::connect(&path, SocketOptions::default()).unwrap();
+    let (first, _) = listener.accept().unwrap();
+
+    // The peer goes away entirely (a helper that exits): the link goes down and stays down
+    // while nothing listens at the path.
+    drop(first);
+    drop(listener);
+    std::fs::remove_file(&path).unwrap();
+    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(!b.link_up());
+    assert!(!wait_link_up(&mut b, Duration::from_millis(2500)));
+    assert_eq!(
+        send(&mut b, &mem, &[frame(60, 1)]),
+        0,
+        "nothing is taken while down"
+    );
+
+    // The helper restarts at the same path: the link comes back within a second or so, not
+    // at once (the backend looks once a second), and frames pass both ways again.
+    let listener = UnixListener::bind(&path).unwrap();
+    let t = std::time::Instant::now();
+    assert!(wait_link_up(&mut b, Duration::from_secs(3)), "reconnected");
+    assert!(
+        t.elapsed() <= Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    let (mut second, _) = listener.accept().unwrap();
+    let x = frame(300, 7);
+    second.write_all(&framed(&[&x])).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(readable(b.ready_fd(), 5000));
+    b.on_ready().unwrap();
+    assert_eq!(recv_at(&mut b, &mem, 0, 2, 1600), vec![x]);
+    let out = vec![frame(60, 8)];
+    assert_eq!(send(&mut b, &mem, &out), 1);
+    let mut got = vec![0u8; 64];
+    second.read_exact(&mut got).unwrap();
+    assert_eq!(unframe(&got), out);
+    assert_eq!(b.stats().disconnects.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats().reconnects.load(Ordering::Relaxed), 1);
+
+    // It leaves again while its listener stays: the first look is a second later, not at
+    // once (no reconnect storm against a helper that keeps dropping us).
+    drop(second);
+    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(!b.link_up());
+    let t = std::time::Instant::now();
+    assert!(
+        wait_link_up(&mut b, Duration::from_secs(3)),
+        "reconnected again"
+    );
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert_eq!(b.stats().disconnects.load(Ordering::Relaxed), 2);
+    assert_eq!(b.stats().reconnects.load(Ordering::Relaxed), 2);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_backend_on_an_inherited_socket_stays_down_and_starts_no_thread() {
+    let mem = memory();
+    let (mut b, peer) = pair();
+    drop(peer);
+    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(!b.link_up());
+    assert!(b.redial.is_none());
+}
