@@ -89,21 +89,9 @@ mod with_model {
         }
     }
 
-    /// The value of `"key":"…"` in a JSON line (the server's flat objects).
-    fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-        let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-        let len = line[start..].find('"')?;
-        Some(&line[start..start + len])
-    }
-
-    /// The number of `"key":N` in a JSON line.
-    fn json_u64(line: &str, key: &str) -> Option<u64> {
-        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let digits: String = line[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+    /// One JSON line of the server's (its parameters on stdout, its counters on stderr).
+    fn json(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
     }
 
     fn parse_mac(s: &str) -> [u8; 6] {
@@ -216,11 +204,11 @@ mod with_model {
             panic!("vmnet-dgram printed no parameters; it said: {err}");
         }
         println!("vmnet-dgram: {}", line.trim_end());
-        assert_eq!(json_str(&line, "mode"), Some("shared"));
-        assert_eq!(json_u64(&line, "mtu"), Some(1500));
-        assert_eq!(json_str(&line, "start_address"), Some("10.77.0.100"));
-        assert_eq!(json_str(&line, "subnet_mask"), Some("255.255.255.0"));
-        let mac = parse_mac(json_str(&line, "mac").expect("the interface's MAC"));
+        assert_eq!(json(&line)["mode"].as_str(), Some("shared"));
+        assert_eq!(json(&line)["mtu"].as_u64(), Some(1500));
+        assert_eq!(json(&line)["start_address"].as_str(), Some("10.77.0.100"));
+        assert_eq!(json(&line)["subnet_mask"].as_str(), Some("255.255.255.0"));
+        let mac = parse_mac(json(&line)["mac"].as_str().expect("the interface's MAC"));
         assert!(path.exists(), "the socket path is bound before the line");
 
         // The stderr of the server, collected while it runs (stats lines and messages).
@@ -302,7 +290,11 @@ mod with_model {
             .rev()
             .find(|l| l.starts_with("{\"stats\":"))
             .expect("counters printed at exit");
-        let n = |k: &str| json_u64(stats, k).unwrap_or_else(|| panic!("{k} in {stats}"));
+        let n = |k: &str| {
+            json(stats)["stats"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k} in {stats}"))
+        };
         assert_eq!(n("hellos"), 1, "the vfkit hello is taken, not forwarded");
         assert_eq!(n("peers_linked"), 1);
         // Every frame the guest sent reached vmnet; the replies (and whatever else the segment

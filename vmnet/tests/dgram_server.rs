@@ -75,19 +75,9 @@ mod with_model {
         }
     }
 
-    fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-        let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-        let len = line[start..].find('"')?;
-        Some(&line[start..start + len])
-    }
-
-    fn json_u64(line: &str, key: &str) -> Option<u64> {
-        let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let digits: String = line[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
+    /// One JSON line of the server's (its parameters on stdout, its counters on stderr).
+    fn json(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
     }
 
     impl Server {
@@ -114,8 +104,10 @@ mod with_model {
         }
 
         fn mac(&self) -> [u8; 6] {
-            let s = json_str(&self.params, "mac").expect("a MAC address");
-            let v: Vec<u8> = s
+            let params = json(&self.params);
+            let v: Vec<u8> = params["mac"]
+                .as_str()
+                .expect("a MAC address")
                 .split(':')
                 .map(|h| u8::from_str_radix(h, 16).unwrap())
                 .collect();
@@ -123,7 +115,8 @@ mod with_model {
         }
 
         fn gateway(&self) -> Ipv4Addr {
-            json_str(&self.params, "start_address")
+            json(&self.params)["start_address"]
+                .as_str()
                 .expect("the DHCP range")
                 .parse()
                 .unwrap()
@@ -199,7 +192,7 @@ mod with_model {
         let mut cmd = server_at(&path);
         cmd.args(["--stats-interval", "0.2"]);
         let server = Server::start(cmd);
-        assert_eq!(json_u64(&server.params, "mtu"), Some(1500));
+        assert_eq!(json(&server.params)["mtu"].as_u64(), Some(1500));
         let (mac, gw) = (server.mac(), server.gateway());
 
         let client = UnixDatagram::bind(dir.path("client.sock")).unwrap();
@@ -240,7 +233,11 @@ mod with_model {
         let err = server.stop();
         assert!(!path.exists(), "the socket path is removed at exit");
         let stats = last_stats(&err);
-        let n = |k: &str| json_u64(stats, k).unwrap_or_else(|| panic!("{k} in {stats}"));
+        let n = |k: &str| {
+            json(stats)["stats"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k} in {stats}"))
+        };
         assert_eq!(n("hellos"), 2);
         assert_eq!(n("peers_linked"), 2);
         assert_eq!(n("to_vmnet_frames"), 6, "{stats}");
@@ -276,13 +273,17 @@ mod with_model {
         }
         let server = Server::start(cmd);
         drop(theirs);
-        assert_eq!(json_str(&server.params, "socket"), Some("fd:3"));
+        assert_eq!(json(&server.params)["socket"].as_str(), Some("fd:3"));
         ping_gateway(&ours, server.mac(), server.gateway(), 1);
         let err = server.stop();
         let stats = last_stats(&err);
-        assert_eq!(json_u64(stats, "to_vmnet_frames"), Some(2), "{stats}");
         assert_eq!(
-            json_u64(stats, "peers_linked"),
+            json(stats)["stats"]["to_vmnet_frames"].as_u64(),
+            Some(2),
+            "{stats}"
+        );
+        assert_eq!(
+            json(stats)["stats"]["peers_linked"].as_u64(),
             Some(0),
             "connected: no linking"
         );

@@ -244,11 +244,11 @@ fn a_peer_at_a_path_that_comes_back_is_reconnected_at_most_once_a_second() {
     drop(first);
     drop(listener);
     std::fs::remove_file(&path).unwrap();
-    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 2, 1600).is_empty());
     assert!(!b.link_up());
     assert!(!wait_link_up(&mut b, Duration::from_millis(2500)));
     assert_eq!(
-        send(&mut b, &mem, &[frame(60, 1)]),
+        send_frames(&mut b, &mem, &[frame(60, 1)]),
         0,
         "nothing is taken while down"
     );
@@ -271,9 +271,9 @@ fn a_peer_at_a_path_that_comes_back_is_reconnected_at_most_once_a_second() {
         .unwrap();
     assert!(readable(b.ready_fd(), 5000));
     b.on_ready().unwrap();
-    assert_eq!(recv_at(&mut b, &mem, 0, 2, 1600), vec![x]);
+    assert_eq!(recv_frames(&mut b, &mem, 0, 2, 1600), vec![x]);
     let out = vec![frame(60, 8)];
-    assert_eq!(send(&mut b, &mem, &out), 1);
+    assert_eq!(send_frames(&mut b, &mem, &out), 1);
     let mut got = vec![0u8; 64];
     second.read_exact(&mut got).unwrap();
     assert_eq!(unframe(&got), out);
@@ -283,7 +283,7 @@ fn a_peer_at_a_path_that_comes_back_is_reconnected_at_most_once_a_second() {
     // It leaves again while its listener stays: the first look is a second later, not at
     // once (no reconnect storm against a helper that keeps dropping us).
     drop(second);
-    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 2, 1600).is_empty());
     assert!(!b.link_up());
     let t = std::time::Instant::now();
     assert!(
@@ -303,7 +303,7 @@ fn a_backend_on_an_inherited_socket_stays_down_and_starts_no_thread() {
     let mem = memory();
     let (mut b, peer) = pair();
     drop(peer);
-    assert!(recv_at(&mut b, &mem, 0, 2, 1600).is_empty());
+    assert!(recv_frames(&mut b, &mem, 0, 2, 1600).is_empty());
     assert!(!b.link_up());
     assert!(b.redial.is_none());
 }
