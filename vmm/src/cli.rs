@@ -841,6 +841,22 @@ mod tests {
     }
 
     #[test]
+    fn vmnet_offloads_default_to_auto_and_take_on_and_off() {
+        let args = parse(&["--kernel", "Image"]).unwrap();
+        assert_eq!(args.vmnet_offloads, VmnetOffloads::Auto);
+        for (s, mode) in [
+            ("auto", VmnetOffloads::Auto),
+            ("on", VmnetOffloads::On),
+            ("off", VmnetOffloads::Off),
+        ] {
+            let args = parse(&["--kernel", "Image", "--vmnet-offloads", s]).unwrap();
+            assert_eq!(args.vmnet_offloads, mode);
+        }
+        let err = parse(&["--kernel", "Image", "--vmnet-offloads", "tso"]).unwrap_err();
+        assert!(err.to_string().contains("--vmnet-offloads"), "{err}");
+    }
+
+    #[test]
     fn unknown_log_level_is_refused() {
         assert!(parse(&["--kernel", "Image", "--log-level", "verbose"]).is_err());
     }
