@@ -27,7 +27,7 @@ const BLOCKS_RUNTIME_PACKAGE: &str = "libblocksruntime-dev:arm64";
 
 /// [`build_vmm`] with the test-only `vmnet-model` feature: `--net vmnet-*` runs the vmnet
 /// backend over vmnet-model, the model of vmnet.framework (the end-to-end run over the model).
-/// The Blocks runtime comes from Debian's arm64 [`BLOCKS_RUNTIME_PACKAGE`], downloaded with apt
+/// The Blocks runtime comes from Debian's `libblocksruntime-dev:arm64`, downloaded with apt
 /// and unpacked into the cache. The binary is copied to `<root>/vmnet-model/vmm`, so that a
 /// later [`build_vmm`] does not replace it.
 pub fn build_vmm_model(layout: &Layout) -> Result<PathBuf> {
