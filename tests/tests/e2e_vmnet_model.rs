@@ -48,6 +48,10 @@ fn fields<'a>(text: &'a str, tag: &str, log: &str) -> BTreeMap<&'a str, &'a str>
 fn check_run(part: &str, offloads: &str, log: &str) {
     let what = format!("offloads={offloads}");
     assert!(
+        part.contains("GUEST-MODEL model=vmnet-rs arm64 virt"),
+        "{what}: the guest did not boot on our device tree; console in {log}"
+    );
+    assert!(
         part.contains(&format!("eth0 mac={GUEST_MAC}")),
         "{what}: the guest has no eth0 with MAC {GUEST_MAC}; console in {log}"
     );
