@@ -381,31 +381,8 @@ pub struct BenchImages {
 /// Builds [`BenchImages`]: one guest, run unchanged by every VMM the bench compares, and the
 /// host that runs them (`host.run=bench`).
 pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
-    let start = Instant::now();
-    let sources = DebSources::default();
-    let kernel = prepare_kernel(layout, &sources)?;
-    let dir = layout.bench_dir().join("guest");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let image = dir.join("Image");
-    install_image(&kernel.image, &image)?;
-    let mut fs = guest_initramfs(layout, &kernel, &sources)?;
-    add_bundle(
-        &mut fs,
-        bundle::bundle(layout, IPERF3_PACKAGE, "usr/bin/iperf3")?,
-    );
-    let initramfs = dir.join("initramfs.cpio.gz");
-    let size = fs.write_gz(&initramfs, 9)?;
-    progress(format!(
-        "bench guest ready in {:.1} s: {} ({} KiB, with iperf3)",
-        start.elapsed().as_secs_f64(),
-        initramfs.display(),
-        size / 1024
-    ));
-    let guest = GuestImages {
-        image,
-        initramfs,
-        kernel_release: kernel.release.clone(),
-    };
+    let kernel = prepare_kernel(layout, &DebSources::default())?;
+    let guest = iperf3_guest(layout, &kernel, &layout.bench_dir().join("guest"))?;
     let extras = HostExtras {
         qemu: true,
         iperf3: true,
@@ -421,4 +398,54 @@ pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
         &extras,
     )?;
     Ok(BenchImages { guest, host })
+}
+
+/// The guest of [`build_guest`] (apt's packages) plus `iperf3` and its libraries, in `dir`.
+fn iperf3_guest(layout: &Layout, kernel: &Kernel, dir: &Path) -> Result<GuestImages> {
+    let start = Instant::now();
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = dir.join("Image");
+    install_image(&kernel.image, &image)?;
+    let mut fs = guest_initramfs(layout, kernel, &DebSources::default())?;
+    add_bundle(
+        &mut fs,
+        bundle::bundle(layout, IPERF3_PACKAGE, "usr/bin/iperf3")?,
+    );
+    let initramfs = dir.join("initramfs.cpio.gz");
+    let size = fs.write_gz(&initramfs, 9)?;
+    progress(format!(
+        "guest with iperf3 ready in {:.1} s: {} ({} KiB)",
+        start.elapsed().as_secs_f64(),
+        initramfs.display(),
+        size / 1024
+    ));
+    Ok(GuestImages {
+        image,
+        initramfs,
+        kernel_release: kernel.release.clone(),
+    })
+}
+
+/// The images of the end-to-end run over vmnet-model (`host.run=vmnet-model`), under
+/// `<root>/vmnet-model`: the guest with iperf3, and the host of [`build_host`] (the
+/// bookworm-backports kernel) with `vmm` (built by [`crate::build_vmm_model`]) and iperf3
+/// for the peer.
+pub fn build_model_images(layout: &Layout, vmm: &Path) -> Result<(GuestImages, HostImages)> {
+    let dir = layout.root.join("vmnet-model");
+    let kernel = prepare_kernel(layout, &DebSources::default())?;
+    let guest = iperf3_guest(layout, &kernel, &dir.join("guest"))?;
+    let host_kernel = prepare_host_kernel(layout)?;
+    let extras = HostExtras {
+        iperf3: true,
+        ..HostExtras::default()
+    };
+    let host = build_host_in(
+        layout,
+        &host_kernel,
+        &dir.join("host"),
+        Some(vmm),
+        &guest,
+        &extras,
+    )?;
+    Ok((guest, host))
 }

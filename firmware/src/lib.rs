@@ -45,12 +45,12 @@ mod vmm;
 pub use console::{Marker, PingResult};
 pub use images::{
     BenchImages, DebSources, GuestImages, HostImages, build_bench_images, build_guest,
-    build_guest_from, build_host, build_host_with, build_link_host,
+    build_guest_from, build_host, build_host_with, build_link_host, build_model_images,
 };
 pub use initramfs::Initramfs;
 pub use lan::Lan;
 pub use runner::{RunOptions, RunOutcome, run_guest_direct, run_host};
-pub use vmm::{build_vmm, missing_tools};
+pub use vmm::{build_vmm, build_vmm_model, missing_tools};
 
 use std::path::{Path, PathBuf};
 

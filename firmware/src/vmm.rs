@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Layout, elf, progress, workspace_root};
+use crate::{Layout, apt, deb, elf, progress, workspace_root};
 
 /// The target of the emulated host.
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
@@ -18,14 +18,52 @@ pub const TOOLCHAIN: &str = "+debian-web";
 /// workspace and returns the static binary. The linker and `+crt-static` come from the
 /// workspace's `.cargo/config.toml`.
 pub fn build_vmm(_layout: &Layout) -> Result<PathBuf> {
+    cross_build(&[], &[])
+}
+
+/// The Debian package whose arm64 `libBlocksRuntime.a` the model build links (it cannot be
+/// installed beside the host's amd64 one: the package is not multi-arch).
+const BLOCKS_RUNTIME_PACKAGE: &str = "libblocksruntime-dev:arm64";
+
+/// [`build_vmm`] with the test-only `vmnet-model` feature: `--net vmnet-*` runs the vmnet
+/// backend over vmnet-model, the model of vmnet.framework (the end-to-end run over the model).
+/// The Blocks runtime comes from Debian's `libblocksruntime-dev:arm64`, downloaded with apt
+/// and unpacked into the cache. The binary is copied to `<root>/vmnet-model/vmm`, so that a
+/// later [`build_vmm`] does not replace it.
+pub fn build_vmm_model(layout: &Layout) -> Result<PathBuf> {
+    let deb = apt::download(BLOCKS_RUNTIME_PACKAGE, &layout.cache())?;
+    let unpacked = deb::unpack_cached(&deb, &layout.cache())?;
+    let archive = unpacked.join("usr/lib/aarch64-linux-gnu/libBlocksRuntime.a");
+    // A directory with the static library alone: the static link must not find the `.so`.
+    let lib_dir = layout.root.join("vmnet-model").join("lib");
+    std::fs::create_dir_all(&lib_dir)?;
+    std::fs::copy(&archive, lib_dir.join("libBlocksRuntime.a"))
+        .with_context(|| format!("{BLOCKS_RUNTIME_PACKAGE} has no {}", archive.display()))?;
+    let lib_dir = lib_dir.to_str().context("non-UTF-8 firmware directory")?;
+    let built = cross_build(
+        &["--features", "vmnet-model"],
+        &[("VMNET_MODEL_LIB_DIR", lib_dir)],
+    )?;
+    let bin = layout.root.join("vmnet-model").join("vmm");
+    std::fs::copy(&built, &bin)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), bin.display()))?;
+    Ok(bin)
+}
+
+/// `cargo +debian-web build --release --target aarch64-unknown-linux-gnu -p vmm` with `args`
+/// and `env` added; returns the binary after checking it is static aarch64.
+fn cross_build(args: &[&str], env: &[(&str, &str)]) -> Result<PathBuf> {
     let root = workspace_root();
     let start = Instant::now();
     progress(format!(
-        "cross-building vmm: cargo {TOOLCHAIN} build --release --target {TARGET} -p vmm"
+        "cross-building vmm: cargo {TOOLCHAIN} build --release --target {TARGET} -p vmm {}",
+        args.join(" ")
     ));
     let mut cmd = Command::new("cargo");
     cmd.arg(TOOLCHAIN)
         .args(["build", "--release", "--target", TARGET, "-p", "vmm"])
+        .args(args)
+        .envs(env.iter().copied())
         .current_dir(&root);
     // When we run under cargo (`cargo run`, `cargo test`), these would pick the outer
     // toolchain, and RUSTFLAGS would replace the config's `+crt-static` (cargo uses only one

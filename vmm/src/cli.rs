@@ -4,7 +4,7 @@
 //! vmm --kernel Image [--initrd initramfs.cpio.gz] [--cmdline "..."] [--memory 512M] [--cpus 1]
 //!     [--net tap:NAME | vmnet-shared | vmnet-host | vmnet-bridged:IFACE | stream:PATH
 //!            | dgram:PATH[,vfkit] | dgram-listen:PATH | fd:N,stream|dgram]... [--mac MAC]...
-//!     [--log-level warn]
+//!     [--vmnet-offloads auto|on|off] [--log-level warn]
 //! vmm check
 //! ```
 //!
@@ -420,6 +420,18 @@ impl FromStr for MacAddress {
     }
 }
 
+/// The virtio-net header and TSO on vmnet interfaces (`--vmnet-offloads`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum VmnetOffloads {
+    /// Ask for them; start without where the system refuses them (before macOS 15.4).
+    #[default]
+    Auto,
+    /// Require them: the VMM fails to start if the interface cannot have them.
+    On,
+    /// Never ask: every frame whole, without the header, checksums filled by the guest.
+    Off,
+}
+
 /// Log verbosity (`--log-level`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -653,6 +665,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub tx_hold_us: u16,
 
+    /// vmnet interfaces (--net vmnet-*): the virtio-net header and TCP segmentation offload,
+    /// i.e. checksum and segmentation offload from the guest to vmnet (macOS 15.4 and later).
+    /// auto asks for them and starts without where the system refuses; on fails instead; off
+    /// never asks.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VmnetOffloads::Auto)]
+    pub vmnet_offloads: VmnetOffloads,
+
     /// Log verbosity.
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Warn)]
     pub log_level: LogLevel,
@@ -819,6 +838,22 @@ mod tests {
         }
         let err = parse(&["--kernel", "Image", "--tx-hold-us", "1001"]).unwrap_err();
         assert!(err.to_string().contains("0..=1000"), "{err}");
+    }
+
+    #[test]
+    fn vmnet_offloads_default_to_auto_and_take_on_and_off() {
+        let args = parse(&["--kernel", "Image"]).unwrap();
+        assert_eq!(args.vmnet_offloads, VmnetOffloads::Auto);
+        for (s, mode) in [
+            ("auto", VmnetOffloads::Auto),
+            ("on", VmnetOffloads::On),
+            ("off", VmnetOffloads::Off),
+        ] {
+            let args = parse(&["--kernel", "Image", "--vmnet-offloads", s]).unwrap();
+            assert_eq!(args.vmnet_offloads, mode);
+        }
+        let err = parse(&["--kernel", "Image", "--vmnet-offloads", "tso"]).unwrap_err();
+        assert!(err.to_string().contains("--vmnet-offloads"), "{err}");
     }
 
     #[test]

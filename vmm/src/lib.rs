@@ -29,5 +29,5 @@ pub mod cli;
 pub mod console;
 pub mod hv;
 pub mod machine;
-#[cfg(target_os = "macos")]
+#[cfg(any(target_os = "macos", feature = "vmnet-model"))]
 pub mod vmnet_backend;

@@ -193,6 +193,7 @@ pub fn load_images(args: &Args) -> Result<BootImages, VmmError> {
 pub fn open_backend(
     spec: &NetSpec,
     inherited: &mut std::collections::HashMap<i32, std::os::fd::OwnedFd>,
+    vmnet_offloads: crate::cli::VmnetOffloads,
 ) -> Result<Box<dyn Backend>, VmmError> {
     use devices::net::socket::{SocketOptions, dgram::DgramBackend, stream::StreamBackend};
     let err = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Net {
@@ -233,13 +234,16 @@ pub fn open_backend(
         NetSpec::Tap { .. } => Err(err(
             "TAP devices exist on Linux only: on macOS use --net vmnet-shared, vmnet-host or vmnet-bridged:IFACE".into(),
         )),
-        #[cfg(not(target_os = "macos"))]
-        NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => Err(err(
-            "vmnet networking needs macOS: on Linux use --net tap:NAME".into(),
-        )),
-        #[cfg(target_os = "macos")]
+        #[cfg(not(any(target_os = "macos", feature = "vmnet-model")))]
         NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => {
-            crate::vmnet_backend::open(spec).map_err(err)
+            let _ = vmnet_offloads;
+            Err(err(
+                "vmnet networking needs macOS: on Linux use --net tap:NAME".into(),
+            ))
+        }
+        #[cfg(any(target_os = "macos", feature = "vmnet-model"))]
+        NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => {
+            crate::vmnet_backend::open(spec, vmnet_offloads).map_err(err)
         }
     }
 }
@@ -284,13 +288,16 @@ pub fn claim_inherited(
 }
 
 /// Opens every network backend (before the hypervisor is touched).
-fn open_networks(devs: &[NetDevice]) -> Result<Vec<NetPlan>, VmmError> {
+fn open_networks(
+    devs: &[NetDevice],
+    vmnet_offloads: crate::cli::VmnetOffloads,
+) -> Result<Vec<NetPlan>, VmmError> {
     let mut inherited = claim_inherited(devs)?;
     devs.iter()
         .enumerate()
         .map(|(i, d)| {
             Ok(NetPlan {
-                backend: open_backend(&d.spec, &mut inherited)?,
+                backend: open_backend(&d.spec, &mut inherited, vmnet_offloads)?,
                 mac: d.mac.map(|m| m.bytes()),
                 name: format!("net{i}"),
             })
@@ -555,7 +562,7 @@ pub fn build<V: Vm>(
 ) -> Result<Machine<V>, VmmError> {
     let images = load_images(args)?;
     let devs = args.net_devices().map_err(VmmError::Cli)?;
-    let nets = open_networks(&devs)?;
+    let nets = open_networks(&devs, args.vmnet_offloads)?;
     let mem = guest_memory(args.memory)?;
     let l = images.layout;
     mem.write_slice(&images.kernel, GuestAddress(l.kernel_load))
