@@ -187,6 +187,24 @@ pub fn load_images(args: &Args) -> Result<BootImages, VmmError> {
     })
 }
 
+/// A backend opened for one `--net`, with the socket backends' own counters (logged at the end
+/// of the run beside the device's).
+pub struct OpenedBackend {
+    /// The backend, for the device.
+    pub backend: Box<dyn Backend>,
+    /// A socket backend's counters (peer lost and found again, congestion drops, ...).
+    pub socket_stats: Option<Arc<devices::net::socket::SocketStats>>,
+}
+
+impl std::fmt::Debug for OpenedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedBackend")
+            .field("backend", &self.backend.info())
+            .field("socket_stats", &self.socket_stats)
+            .finish()
+    }
+}
+
 /// Opens the backend of one `--net`. TAP exists on Linux, vmnet on macOS, the socket
 /// backends on both. An `fd:` backend takes its descriptor from `inherited` (see
 /// [`claim_inherited`]).
@@ -194,7 +212,7 @@ pub fn open_backend(
     spec: &NetSpec,
     inherited: &mut std::collections::HashMap<i32, std::os::fd::OwnedFd>,
     vmnet_offloads: crate::cli::VmnetOffloads,
-) -> Result<Box<dyn Backend>, VmmError> {
+) -> Result<OpenedBackend, VmmError> {
     use devices::net::socket::{SocketOptions, dgram::DgramBackend, stream::StreamBackend};
     let err = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Net {
         spec: spec.to_string(),
@@ -203,32 +221,45 @@ pub fn open_backend(
     let opts = |mtu: &Option<u16>| SocketOptions {
         mtu: mtu.unwrap_or(devices::net::socket::DEFAULT_MTU),
     };
-    let boxed = |r: Result<Box<dyn Backend>, devices::net::socket::SocketError>| {
-        r.map_err(|e| err(Box::new(e)))
+    let stream = |r: Result<StreamBackend, devices::net::socket::SocketError>| {
+        let b = r.map_err(|e| err(Box::new(e)))?;
+        let socket_stats = Some(Arc::clone(b.stats()));
+        Ok(OpenedBackend {
+            backend: Box::new(b),
+            socket_stats,
+        })
+    };
+    let dgram = |r: Result<DgramBackend, devices::net::socket::SocketError>| {
+        let b = r.map_err(|e| err(Box::new(e)))?;
+        let socket_stats = Some(Arc::clone(b.stats()));
+        Ok(OpenedBackend {
+            backend: Box::new(b),
+            socket_stats,
+        })
+    };
+    let other = |backend: Box<dyn Backend>| OpenedBackend {
+        backend,
+        socket_stats: None,
     };
     match spec {
-        NetSpec::Stream { path, mtu } => {
-            boxed(StreamBackend::connect(path, opts(mtu)).map(|b| Box::new(b) as _))
-        }
+        NetSpec::Stream { path, mtu } => stream(StreamBackend::connect(path, opts(mtu))),
         NetSpec::Dgram { path, vfkit, mtu } => {
-            boxed(DgramBackend::connect(path, opts(mtu), *vfkit).map(|b| Box::new(b) as _))
+            dgram(DgramBackend::connect(path, opts(mtu), *vfkit))
         }
-        NetSpec::DgramListen { path, mtu } => {
-            boxed(DgramBackend::listen(path, opts(mtu)).map(|b| Box::new(b) as _))
-        }
-        NetSpec::Fd { fd, dgram, mtu } => {
+        NetSpec::DgramListen { path, mtu } => dgram(DgramBackend::listen(path, opts(mtu))),
+        NetSpec::Fd { fd, dgram: is_dgram, mtu } => {
             let owned = inherited
                 .remove(fd)
                 .ok_or_else(|| err(format!("descriptor {fd} was not claimed").into()))?;
-            if *dgram {
-                boxed(DgramBackend::from_fd(owned, opts(mtu)).map(|b| Box::new(b) as _))
+            if *is_dgram {
+                dgram(DgramBackend::from_fd(owned, opts(mtu)))
             } else {
-                boxed(StreamBackend::from_fd(owned, opts(mtu)).map(|b| Box::new(b) as _))
+                stream(StreamBackend::from_fd(owned, opts(mtu)))
             }
         }
         #[cfg(target_os = "linux")]
         NetSpec::Tap { name } => devices::net::tap::Tap::open(name)
-            .map(|t| Box::new(t) as Box<dyn Backend>)
+            .map(|t| other(Box::new(t)))
             .map_err(|e| err(Box::new(e))),
         #[cfg(not(target_os = "linux"))]
         NetSpec::Tap { .. } => Err(err(
@@ -243,14 +274,16 @@ pub fn open_backend(
         }
         #[cfg(any(target_os = "macos", feature = "vmnet-model"))]
         NetSpec::VmnetShared | NetSpec::VmnetHost | NetSpec::VmnetBridged { .. } => {
-            crate::vmnet_backend::open(spec, vmnet_offloads).map_err(err)
+            crate::vmnet_backend::open(spec, vmnet_offloads)
+                .map(other)
+                .map_err(err)
         }
     }
 }
 
 /// A network device before it is placed on the bus.
 struct NetPlan {
-    backend: Box<dyn Backend>,
+    backend: OpenedBackend,
     mac: Option<[u8; 6]>,
     name: String,
 }
@@ -462,7 +495,7 @@ struct VirtioSpec {
 fn virtio_devices(
     nets: Vec<NetPlan>,
     args: &Args,
-    net_metrics: &mut Vec<(String, Arc<NetMetrics>)>,
+    net_metrics: &mut Vec<NetCounters>,
 ) -> Result<Vec<VirtioSpec>, VmmError> {
     let mut out = Vec::with_capacity(nets.len());
     for (i, plan) in nets.into_iter().enumerate() {
@@ -473,7 +506,7 @@ fn virtio_devices(
             })
         })?;
         let net = Net::new(
-            plan.backend,
+            plan.backend.backend,
             NetConfig {
                 mac: plan.mac,
                 name: plan.name.clone(),
@@ -488,7 +521,11 @@ fn virtio_devices(
             spi = slot.spi,
             "virtio-net device"
         );
-        net_metrics.push((plan.name, Arc::clone(net.metrics())));
+        net_metrics.push(NetCounters {
+            metrics: Arc::clone(net.metrics()),
+            socket: plan.backend.socket_stats,
+            name: plan.name,
+        });
         out.push(VirtioSpec {
             device: Box::new(net),
             slot,
@@ -550,7 +587,7 @@ pub struct Machine<V: Vm> {
     /// The net devices' transports, in `--net` order.
     pub nets: Vec<Arc<Mutex<MmioTransport>>>,
     /// The net devices' names and counters, logged when the guest ends.
-    net_metrics: Vec<(String, Arc<NetMetrics>)>,
+    net_metrics: Vec<NetCounters>,
 }
 
 /// Builds the machine: images placed, backends opened, then the VM created by `create_vm`,
@@ -705,8 +742,11 @@ impl<V: Vm> Machine<V> {
                 "PSCI calls served by the VMM"
             );
         }
-        for (name, m) in &self.net_metrics {
-            log_net_counters(name, m);
+        for c in &self.net_metrics {
+            log_net_counters(&c.name, &c.metrics);
+            if let Some(sock) = &c.socket {
+                log_socket_counters(&c.name, sock);
+            }
         }
         drop(self.mem);
         reason
@@ -757,6 +797,29 @@ fn stop_and_wait<V: Vm>(
         }
     }
     ended
+}
+
+/// A net device's counters, and its socket backend's if it has one, for the end of a run.
+#[derive(Debug)]
+struct NetCounters {
+    name: String,
+    metrics: Arc<NetMetrics>,
+    socket: Option<Arc<devices::net::socket::SocketStats>>,
+}
+
+/// One line with what a socket backend saw beyond the device's counters, for the end of a run.
+fn log_socket_counters(name: &str, s: &devices::net::socket::SocketStats) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        device = name,
+        zero_length = get(&s.zero_length),
+        truncated = get(&s.truncated),
+        congestion_drops = get(&s.congestion_drops),
+        oversized = get(&s.oversized),
+        disconnects = get(&s.disconnects),
+        reconnects = get(&s.reconnects),
+        "socket backend counters"
+    );
 }
 
 /// One line with what a net device moved and what went wrong, for the end of a run.
@@ -1022,6 +1085,29 @@ mod tests {
             x0: u64::from(x0),
             args,
         }
+    }
+
+    /// The socket backends come with their own counters (logged at the end of a run); the
+    /// device's counters cover the others.
+    #[test]
+    fn socket_backends_come_with_their_counters() {
+        use std::os::unix::net::{UnixDatagram, UnixStream};
+        let (d, _dpeer) = UnixDatagram::pair().unwrap();
+        let (st, _speer) = UnixStream::pair().unwrap();
+        let mut inherited = HashMap::new();
+        inherited.insert(100, std::os::fd::OwnedFd::from(d));
+        inherited.insert(101, std::os::fd::OwnedFd::from(st));
+        for (fd, dgram) in [(100, true), (101, false)] {
+            let spec = NetSpec::Fd {
+                fd,
+                dgram,
+                mtu: None,
+            };
+            let opened =
+                open_backend(&spec, &mut inherited, crate::cli::VmnetOffloads::Auto).unwrap();
+            assert!(opened.socket_stats.is_some(), "{spec}: no socket counters");
+        }
+        assert!(inherited.is_empty(), "each inherited socket was taken");
     }
 
     #[test]
