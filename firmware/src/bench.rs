@@ -516,8 +516,8 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\n## Through passt: our `--net stream:` vs QEMU's `-netdev stream`\n\n\
-                 The same guest behind one passt per VMM (Debian's arm64 passt, `-f -1 -m 1500`, \
-                 as an unprivileged user), its address from passt's DHCP; passt forwards the \
+                 The same guest behind one passt per VMM (Debian's arm64 passt, `-f -1 -m 1500 \
+                 --no-map-gw`, as an unprivileged user), its address from passt's DHCP; passt forwards the \
                  host's TCP ports 5201 and 5999 and UDP port 5201 to the guest, and the peer \
                  measures against the host's address 10.0.2.2 through br0 and passt. CPU = the \
                  VMM process plus passt. No ping: passt forwards no inbound ICMP.\n"
