@@ -27,7 +27,15 @@ pub const VMMS: &[(&str, &str)] = &[
     ("ours", "ours"),
     ("qemu-vhost-off", "QEMU vhost=off"),
     ("qemu-vhost-on", "QEMU vhost=on"),
+    ("ours-passt", "ours, stream:"),
+    ("qemu-passt", "QEMU, -netdev stream"),
 ];
+
+/// The VMMs on the tap (the first table): ours first, then the baselines.
+const TAP_VMMS: &[&str] = &["ours", "qemu-vhost-off", "qemu-vhost-on"];
+/// The VMMs behind passt (the second table): our `--net stream:` and QEMU's `-netdev stream`
+/// to the same passt. passt forwards no inbound ICMP: these have no ping.
+const PASST_VMMS: &[&str] = &["ours-passt", "qemu-passt"];
 
 /// The transfers of each VMM: (test name in `BENCH-XFER`, row label).
 pub const XFERS: &[(&str, &str)] = &[
@@ -101,6 +109,8 @@ pub struct Xfer {
     pub vmm_ticks: Option<u64>,
     /// CPU ticks of its vhost worker threads during the run.
     pub vhost_ticks: Option<u64>,
+    /// CPU ticks of passt during the run (the passt rows; 0 or absent otherwise).
+    pub passt_ticks: Option<u64>,
     /// Ticks per second.
     pub hz: f64,
 }
@@ -122,9 +132,11 @@ impl Xfer {
         Some(self.delivered()? as f64 / self.seconds?)
     }
 
-    /// CPU seconds of the VMM (and its vhost threads) during the run.
+    /// CPU seconds of the VMM (and its vhost threads, or the passt it sends through)
+    /// during the run.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        Some((self.vmm_ticks? + self.vhost_ticks.unwrap_or(0)) as f64 / self.hz)
+        let helpers = self.vhost_ticks.unwrap_or(0) + self.passt_ticks.unwrap_or(0);
+        Some((self.vmm_ticks? + helpers) as f64 / self.hz)
     }
 
     /// CPU seconds per gigabyte (10^9 bytes) of payload delivered.
@@ -260,6 +272,7 @@ impl Report {
                         total: num(&f, "total"),
                         vmm_ticks: num(&f, "vmm_ticks"),
                         vhost_ticks: num(&f, "vhost_ticks"),
+                        passt_ticks: num(&f, "passt_ticks"),
                         hz: num(&f, "hz").unwrap_or(DEFAULT_HZ),
                     };
                     report
@@ -319,7 +332,7 @@ impl Report {
         if v.exit_code != Some(0) {
             problems.push(format!("{name}: exit code {:?}", v.exit_code));
         }
-        if v.ping_received.is_none_or(|r| Some(r) != v.ping_sent) {
+        if !PASST_VMMS.contains(&vmm) && v.ping_received.is_none_or(|r| Some(r) != v.ping_sent) {
             problems.push(format!(
                 "{name}: ping {:?}/{:?} answered",
                 v.ping_received, v.ping_sent
@@ -342,9 +355,21 @@ impl Report {
             .map(|(_, v)| v)
     }
 
-    /// The Markdown table: one column per VMM (the median of its rounds), then ours/QEMU
-    /// ratios.
+    /// The Markdown table of the tap rows: one column per VMM (the median of its rounds),
+    /// then ours/QEMU ratios.
     pub fn table(&self) -> String {
+        self.table_of(TAP_VMMS, &["ours/QEMU vhost=off", "ours/QEMU vhost=on"])
+    }
+
+    /// The Markdown table of the passt rows: our `--net stream:` and QEMU's `-netdev stream`
+    /// to the same passt, and their ratio.
+    pub fn passt_table(&self) -> String {
+        self.table_of(PASST_VMMS, &["ours/QEMU"])
+    }
+
+    /// One table: a column per VMM of `vmms` (names of [`VMMS`]; the median of its rounds),
+    /// then the first one's ratio to each of the others, headed `ratios`.
+    fn table_of(&self, vmms: &[&str], ratios: &[&str]) -> String {
         type Metric = fn(&VmmResult) -> Option<f64>;
         fn xfer(v: &VmmResult, test: &str) -> Option<Xfer> {
             v.xfers.get(test).filter(|x| x.rc == Some(0)).cloned()
@@ -409,18 +434,31 @@ impl Report {
                 xfer(v, "udp_p2g")?.cpu_us_per_packet()
             }),
         ];
+        let title = |name: &str| {
+            VMMS.iter()
+                .find(|(n, _)| *n == name)
+                .map_or(name.to_string(), |(_, t)| t.to_string())
+        };
         let mut out = String::new();
         let _ = write!(out, "| metric |");
-        for (_, title) in VMMS {
-            let _ = write!(out, " {title} |");
+        for name in vmms {
+            let _ = write!(out, " {} |", title(name));
         }
-        let _ = writeln!(out, " ours/QEMU vhost=off | ours/QEMU vhost=on | better |");
-        let _ = writeln!(out, "|---|{}---:|---:|---|", "---:|".repeat(VMMS.len()));
+        for ratio in ratios {
+            let _ = write!(out, " {ratio} |");
+        }
+        let _ = writeln!(out, " better |");
+        let _ = writeln!(
+            out,
+            "|---|{}{}---|",
+            "---:|".repeat(vmms.len()),
+            "---:|".repeat(ratios.len())
+        );
         // "-": the figure is not the VMM's to improve (the peer's own send rate).
         for (label, better, decimals, metric) in rows {
-            let values: Vec<Option<f64>> = VMMS
+            let values: Vec<Option<f64>> = vmms
                 .iter()
-                .map(|(name, _)| median(self.rounds_of(name).filter_map(metric).collect()))
+                .map(|name| median(self.rounds_of(name).filter_map(metric).collect()))
                 .collect();
             let _ = write!(out, "| {label} |");
             for v in &values {
@@ -470,7 +508,22 @@ impl Report {
                 100.0 * load.other_cpu / load.capacity.max(1.0)
             );
         }
-        out.push_str(&self.table());
+        let ran = |group: &[&str]| self.vmms.iter().any(|v| group.contains(&v.as_str()));
+        if ran(TAP_VMMS) {
+            out.push_str(&self.table());
+        }
+        if ran(PASST_VMMS) {
+            let _ = writeln!(
+                out,
+                "\n## Through passt: our `--net stream:` vs QEMU's `-netdev stream`\n\n\
+                 The same guest behind one passt per VMM (Debian's arm64 passt, `-f -1 -m 1500 \
+                 --no-map-gw`, as an unprivileged user), its address from passt's DHCP; passt forwards the \
+                 host's TCP ports 5201 and 5999 and UDP port 5201 to the guest, and the peer \
+                 measures against the host's address 10.0.2.2 through br0 and passt. CPU = the \
+                 VMM process plus passt. No ping: passt forwards no inbound ICMP.\n"
+            );
+            out.push_str(&self.passt_table());
+        }
         let problems = self.problems();
         if !problems.is_empty() {
             let _ = writeln!(out, "\nIncomplete run:");
@@ -815,7 +868,8 @@ BENCH-DONE\n";
             .to_string();
         assert_eq!(
             e,
-            "unknown VMM \"qemu\": the VMMs are ours, qemu-vhost-off, qemu-vhost-on"
+            "unknown VMM \"qemu\": the VMMs are ours, qemu-vhost-off, qemu-vhost-on, ours-passt, \
+             qemu-passt"
         );
         let e = check_names("test", &names(&["udp_g2p", "udp_g2p"]), XFERS)
             .unwrap_err()
@@ -830,6 +884,37 @@ BENCH-DONE\n";
         assert!(check_ours_args(&words(&["--tx-hold-us", "0"])).is_ok());
         assert!(check_ours_args(&words(&["--cmdline", "a,b"])).is_err());
         assert!(check_ours_args(&words(&["\"x\""])).is_err());
+    }
+
+    #[test]
+    fn passt_rows_count_passt_cpu_need_no_ping_and_get_their_own_table() {
+        let console = "\
+BENCH-CONFIG vmms=ours-passt,qemu-passt tests=tcp_p2g rounds=1\n\
+BENCH-VMM vmm=ours-passt round=1 pid=200 vhost_pids=none passt_pid=190\n\
+BENCH-PING vmm=ours-passt round=1 skipped=passt\n\
+BENCH-XFER vmm=ours-passt round=1 test=tcp_p2g rc=0 seconds=10 kbps=80000 vmm_ticks=100 vhost_ticks=0 passt_ticks=50 hz=100\n\
+BENCH-EXIT vmm=ours-passt round=1 code=0\n\
+BENCH-PING vmm=qemu-passt round=1 skipped=passt\n\
+BENCH-XFER vmm=qemu-passt round=1 test=tcp_p2g rc=0 seconds=10 kbps=40000 vmm_ticks=100 vhost_ticks=0 passt_ticks=50 hz=100\n\
+BENCH-EXIT vmm=qemu-passt round=1 code=0\n\
+BENCH-DONE\n";
+        let r = Report::parse_console(console);
+        // 1.5 CPU s (VMM 1.0 + passt 0.5) per 0.1 GB.
+        let x = &r.runs[&("ours-passt".into(), 1)].xfers["tcp_p2g"];
+        assert_eq!(x.cpu_seconds(), Some(1.5));
+        assert_eq!(r.problems(), Vec::<String>::new());
+        let table = r.passt_table();
+        assert!(table.contains("| ours, stream: | QEMU, -netdev stream | ours/QEMU | better |"));
+        assert!(table.contains("| TCP peer→guest (Mbit/s) | 80.0 | 40.0 | 2.00 | higher |"));
+        assert!(table.contains("| CPU s/GB, TCP peer→guest | 15.00 | 30.00 | 0.50 | lower |"));
+        assert!(table.contains("| Ping RTT avg (ms) | - | - | - | lower |"));
+        // Only the tables of the VMMs that ran.
+        let md = r.markdown("today", &BenchOptions::default());
+        assert!(md.contains("## Through passt"));
+        assert!(!md.contains("QEMU vhost=off |"));
+        // A tap VMM still needs its ping.
+        let tap = Report::parse_console(&console.replace("ours-passt", "ours"));
+        assert!(tap.problems().iter().any(|p| p.starts_with("ours: ping")));
     }
 
     #[test]

@@ -373,8 +373,8 @@ fn build_host_in(
 pub struct BenchImages {
     /// The guest of [`build_guest`] plus `iperf3` and its libraries.
     pub guest: GuestImages,
-    /// The host of [`build_host_with`] with qemu, plus `iperf3` and its libraries and the
-    /// `vhost_net` modules.
+    /// The host of [`build_host_with`] with qemu, plus `iperf3`, `passt` and their libraries
+    /// and the `vhost_net` modules.
     pub host: HostImages,
 }
 
@@ -386,7 +386,7 @@ pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
     let extras = HostExtras {
         qemu: true,
         iperf3: true,
-        passt: false,
+        passt: true,
         modules: BENCH_HOST_MODULES,
     };
     let host = build_host_in(

@@ -3,7 +3,9 @@
 //! Debian's qemu, linked by a socket. Our VMM to our VMM: A listens (`--net dgram-listen:`),
 //! B connects (`--net dgram:PATH,vfkit`). With qemu: `-netdev dgram` towards A's listening
 //! socket, and `-netdev stream` as the server A connects to (`--net stream:`). Each guest
-//! waits for the other and pings it, with no loss allowed.
+//! waits for the other and pings it, with no loss allowed. With passt: guest A alone behind
+//! Debian's passt (`--net stream:`), passt and our VMM both started as an unprivileged user
+//! (uid 1000, in group kvm for `/dev/kvm`), which the host checks in `/proc/PID/status`.
 //!
 //! Needs what `e2e.rs` needs; without it the tests print `SKIPPED: ...` and return. The host
 //! image carries qemu and passt (Debian's arm64 packages, fetched with apt like the rest).
@@ -156,4 +158,45 @@ fn e2e_our_vmm_behind_passt_gets_dhcp_and_reaches_a_host_service() {
         a.contains("VMNET-TCP peer=") && a.contains(" got=PASST-TCP-OK"),
         "the guest did not read the host service's line through passt; console in {log}"
     );
+    // Both ran as the unprivileged user from the start, read by the host from
+    // /proc/PID/status while they ran: every uid (real, effective, saved, filesystem) is the
+    // user's, and the VMM holds no capability.
+    for name in ["vmm", "passt"] {
+        let cred = creds(&outcome.console, name).unwrap_or_else(|| {
+            panic!("the host did not report {name}'s credentials; console in {log}")
+        });
+        println!("link passt: {name} ran with {cred:?}");
+        assert_eq!(
+            cred.get("uid").map(String::as_str),
+            Some("1000,1000,1000,1000"),
+            "{name} did not run as the unprivileged user (uid 1000): {cred:?}; console in {log}"
+        );
+    }
+    let vmm = creds(&outcome.console, "vmm").expect("checked above");
+    assert_eq!(
+        vmm.get("cap_eff").map(String::as_str),
+        Some("0000000000000000"),
+        "the VMM held capabilities: {vmm:?}; console in {log}"
+    );
+    assert!(
+        vmm.get("groups")
+            .is_some_and(|g| g.split(',').any(|g| g == "993")),
+        "the VMM was not in group kvm (993), through which it opens /dev/kvm: {vmm:?}; console in {log}"
+    );
+}
+
+/// The fields of the host's `LINK-CRED name=NAME ...` line (from `/proc/PID/status`).
+fn creds(console: &str, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let tag = format!("LINK-CRED name={name} ");
+    let line = console.lines().find_map(|l| {
+        let at = l.find(&tag)?;
+        Some(&l[at + tag.len()..])
+    })?;
+    Some(
+        line.trim_end_matches('\r')
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
