@@ -645,15 +645,19 @@ impl DataPath {
             if head >= size {
                 continue;
             }
-            let mut elem = [0u8; ELEM];
-            elem[ID_AT..ID_AT + 4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[LEN_AT..LEN_AT + 4].copy_from_slice(&len.to_le_bytes());
+            let (id, len) = (u32::from(head).to_le(), len.to_le());
             let slot = ELEM * usize::from(next.0 % size);
-            let written = match &elems {
-                Some(e) => e.write_slice(&elem, slot).is_ok(),
-                None => ring
-                    .checked_add(RING + slot as u64)
-                    .is_some_and(|a| mem.write_slice(&elem, a).is_ok()),
+            // Two aligned 4-byte stores (the ring is 4-aligned: checked at activation); the
+            // index's release store below orders them before it.
+            let written = elems.as_ref().is_some_and(|e| {
+                e.store(id, slot + ID_AT, Ordering::Relaxed).is_ok()
+                    && e.store(len, slot + LEN_AT, Ordering::Relaxed).is_ok()
+            }) || {
+                let mut elem = [0u8; ELEM];
+                elem[ID_AT..ID_AT + 4].copy_from_slice(&id.to_ne_bytes());
+                elem[LEN_AT..LEN_AT + 4].copy_from_slice(&len.to_ne_bytes());
+                ring.checked_add(RING + slot as u64)
+                    .is_some_and(|a| mem.write_slice(&elem, a).is_ok())
             };
             if !written {
                 failed = true;

@@ -115,13 +115,19 @@ pub(super) fn push_slices<'m>(
             .0
             .checked_add(skip as u64)
             .ok_or(ChainError::OutsideMemory)?;
-        for s in mem.slices(GuestAddress(addr), len - skip) {
+        let (addr, len) = (GuestAddress(addr), len - skip);
+        skip = 0;
+        // The usual case: the whole range in one region.
+        if let Some(s) = mem.slice(addr, len) {
+            out.push(s);
+            continue;
+        }
+        for s in mem.slices(addr, len) {
             let s = s.map_err(|_| ChainError::OutsideMemory)?;
             if !s.is_empty() {
                 out.push(s);
             }
         }
-        skip = 0;
     }
     Ok(())
 }
