@@ -15,7 +15,8 @@
 //! - a *pass* (`tx_rounds`, `rx_rounds`) is rounds of work with the driver's kicks off, ended
 //!   by `rearm`, which turns kicks back on and looks once more for buffers added meanwhile;
 //! - TX: `fill_tx_batch` pops and checks chains into a [`TxBatch`](tx::TxBatch),
-//!   `send_tx_batch` hands it to the backend and returns its chains;
+//!   `send_tx_batch` hands it to the backend and returns its chains, and `publish_used_batch`
+//!   makes them (and the refused ones) visible to the driver in one go;
 //! - RX: `refill_stash` pops and checks chains into the [`RxBuffers`](rx::RxBuffers), which plan
 //!   frames into them, receive from the backend and complete the frames; `publish_used_batch`
 //!   then makes them visible to the driver in one go;
@@ -152,7 +153,8 @@ pub struct DataPath {
     tx_batch: TxBatch,
     /// The descriptors of the RX chain being checked.
     descs: Vec<(GuestAddress, u32)>,
-    /// Chains refused while popping, logged and counted once the queue is free again.
+    /// Chains refused while popping, logged and counted once the queue's iterator is done
+    /// (it borrows the queue, and logging borrows the whole data path).
     refused: Vec<(u16, ChainError)>,
     log: RateLimit,
     /// A queue the driver broke: nothing more is processed until reset.
