@@ -172,6 +172,7 @@ pub fn run(data: &[u8]) {
             ..Default::default()
         },
     );
+    let net_metrics = Arc::clone(net.metrics());
     let irq = Notifier::new().expect("notifier");
     let irq_sim = irq.try_clone().expect("notifier clone");
     let mut injected: Vec<Vec<u8>> = Vec::new();
@@ -329,17 +330,21 @@ pub fn run(data: &[u8]) {
             // What the device and backend were doing, for an RX check that timed out (bug 5
             // in README.md, not reproduced yet).
             Err(e) => {
-                let t = lock(&transport);
+                let mut t = lock(&transport);
+                let mut status = [0u8; 4];
+                t.read(regs::STATUS, &mut status);
                 panic!(
                     "RX after the fuzzed sequence: {e:?} ({} of {} frames received; status \
-                     {:#x}, active {}; backend: {} frames pending, {} receive calls; {:?})",
+                     register {:#x}, active {}; backend: {} frames pending, {} receive calls; \
+                     {:?}; {:?})",
                     got.len(),
                     want.len(),
-                    t.status(),
+                    u32::from_le_bytes(status),
                     t.is_active(),
                     handle.pending(),
                     handle.recv_calls(),
                     t.metrics(),
+                    net_metrics,
                 )
             }
         }
