@@ -336,7 +336,7 @@ pub fn run(data: &[u8]) {
                 panic!(
                     "RX after the fuzzed sequence: {e:?} ({} of {} frames received; status \
                      register {:#x}, active {}; backend: {} frames pending, {} receive calls; \
-                     {:?}; {:?})",
+                     {:?}; {:?}; threads: {})",
                     got.len(),
                     want.len(),
                     u32::from_le_bytes(status),
@@ -345,6 +345,7 @@ pub fn run(data: &[u8]) {
                     handle.recv_calls(),
                     t.metrics(),
                     net_metrics,
+                    threads(),
                 )
             }
         }
@@ -354,6 +355,28 @@ pub fn run(data: &[u8]) {
         "pending frames and the marker did not arrive intact and in order"
     );
     write(&transport, regs::STATUS, 4, 0);
+}
+
+/// This process's threads as `name state wait-channel` (Linux `/proc`): whether the device's
+/// worker is alive, and where it sleeps (`ep_poll`, a futex, ...).
+fn threads() -> String {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return "?".into();
+    };
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    dir.flatten()
+        .map(|task| {
+            let stat = read(task.path().join("stat"));
+            let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
+            format!(
+                "{} {} {}",
+                read(task.path().join("comm")).trim(),
+                state.unwrap_or("?"),
+                read(task.path().join("wchan")).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn read(t: &Mutex<MmioTransport>, off: u64, w: usize) {
