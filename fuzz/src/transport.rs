@@ -275,7 +275,21 @@ pub fn run(data: &[u8]) {
     assert_ne!(f & features::VERSION_1, 0);
     let frame = pattern(60, 0x33);
     let head = sim.send_frame(&frame).expect("send");
-    let used = sim.wait_used(1, 1, T).expect("TX completion");
+    let used = sim.wait_used(1, 1, T).unwrap_or_else(|e| {
+        let mut t = lock(&transport);
+        let mut status = [0u8; 4];
+        t.read(regs::STATUS, &mut status);
+        panic!(
+            "TX completion: {e:?} (status register {:#x}, active {}; backend: {} frames sent; \
+             {:?}; {:?}; threads: {})",
+            u32::from_le_bytes(status),
+            t.is_active(),
+            handle.sent_count(),
+            t.metrics(),
+            net_metrics,
+            threads(),
+        )
+    });
     assert_eq!(used[0].id, head);
     let deadline = std::time::Instant::now() + T;
     while handle.sent_count() == 0 {
