@@ -9,6 +9,7 @@
 //! `cargo bench -p devices --bench datapath -- direct [frames=N] [size=B]` runs only the second
 //! table (N frames per row, only B-byte frames): two runs under `valgrind --tool=callgrind` with
 //! different N give the instructions per frame, which a loaded machine does not change.
+//! `-- device` runs only the first table (for a profile of the whole device).
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -171,6 +172,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = !args.iter().any(|a| a == "--bench");
     let direct_only = args.iter().any(|a| a == "direct");
+    let device_only = args.iter().any(|a| a == "device");
     let forced: Option<u64> = args
         .iter()
         .find_map(|a| a.strip_prefix("frames=").and_then(|n| n.parse().ok()));
@@ -205,6 +207,9 @@ fn main() {
             }
         }
         println!();
+    }
+    if device_only {
+        return;
     }
     println!("Data path alone (no transport, no thread):");
     println!();

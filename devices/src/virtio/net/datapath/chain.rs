@@ -1,11 +1,11 @@
 //! Descriptor chains as the data path holds them: checked once when popped, then walked as
 //! `(address, length)` pairs and turned into slices of guest memory for the backend.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::ChainError;
+use super::flat::FlatMem;
 use crate::net::{GuestSlice, RxFrame, TxFrame};
-use crate::virtio::GuestMemory;
 use virtio_queue::DescriptorChain;
 
 /// An empty place in a kept scratch vector for one [`GuestSlice`]: the same size and alignment
@@ -60,9 +60,9 @@ impl Descs {
 /// Walks a chain, checks each descriptor, and appends `(addr, len)` of each to `out`.
 /// Returns the chain's total length. On error `out` is left as it was.
 pub(super) fn collect_chain(
-    chain: DescriptorChain<&GuestMemory>,
+    chain: DescriptorChain<&FlatMem<'_>>,
     writable: bool,
-    mem: &GuestMemory,
+    mem: &FlatMem<'_>,
     out: &mut Vec<(GuestAddress, u32)>,
 ) -> Result<usize, ChainError> {
     let start = out.len();
@@ -76,7 +76,7 @@ pub(super) fn collect_chain(
             if d.len() == 0 {
                 return Err(ChainError::ZeroLength);
             }
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            if !mem.check(d.addr(), d.len() as usize) {
                 return Err(ChainError::OutsideMemory);
             }
             total += d.len() as usize;
@@ -100,7 +100,7 @@ pub(super) fn collect_chain(
 /// Appends the slices of guest memory that `descs` cover to `out`, skipping the first `skip`
 /// bytes. Zero-length pieces are left out (vmnet rejects zero-length iovecs).
 pub(super) fn push_slices<'m>(
-    mem: &'m GuestMemory,
+    mem: &FlatMem<'m>,
     descs: &[(GuestAddress, u32)],
     mut skip: usize,
     out: &mut Vec<GuestSlice<'m>>,
@@ -115,20 +115,26 @@ pub(super) fn push_slices<'m>(
             .0
             .checked_add(skip as u64)
             .ok_or(ChainError::OutsideMemory)?;
-        for s in GuestMemoryBackend::get_slices(mem, GuestAddress(addr), len - skip) {
+        let (addr, len) = (GuestAddress(addr), len - skip);
+        skip = 0;
+        // The usual case: the whole range in one region.
+        if let Some(s) = mem.slice(addr, len) {
+            out.push(s);
+            continue;
+        }
+        for s in mem.slices(addr, len) {
             let s = s.map_err(|_| ChainError::OutsideMemory)?;
             if !s.is_empty() {
                 out.push(s);
             }
         }
-        skip = 0;
     }
     Ok(())
 }
 
 /// Writes `bytes` at `offset` into the memory that `descs` cover.
 pub(super) fn write_across(
-    mem: &GuestMemory,
+    mem: &FlatMem<'_>,
     descs: &[(GuestAddress, u32)],
     mut offset: usize,
     bytes: &[u8],
@@ -148,8 +154,13 @@ pub(super) fn write_across(
             .0
             .checked_add(offset as u64)
             .ok_or(ChainError::OutsideMemory)?;
-        mem.write_slice(&rest[..n], GuestAddress(at))
-            .map_err(|_| ChainError::OutsideMemory)?;
+        match mem.slice(GuestAddress(at), n) {
+            Some(s) => s.copy_from(&rest[..n]),
+            // Across regions (or outside memory, which the write then refuses).
+            None => mem
+                .write_slice(&rest[..n], GuestAddress(at))
+                .map_err(|_| ChainError::OutsideMemory)?,
+        }
         rest = &rest[n..];
         offset = 0;
     }

@@ -9,10 +9,10 @@ use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 use vm_memory::GuestAddress;
 
 use super::chain::{Descs, RxFrameRoom, SliceRoom, push_slices, write_across};
+use super::flat::FlatMem;
 use super::{ChainError, PathConfig};
 use crate::net::{Backend, GuestSlice, RxFrame, VNET_HDR_LEN};
 use crate::scratch::recycle;
-use crate::virtio::GuestMemory;
 
 /// Where `num_buffers` sits in the virtio-net header (virtio 1.2, section 5.1.6).
 const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
@@ -93,13 +93,13 @@ impl RxBuffers {
 
     /// Has the backend fill the planned frames (their first `hdr_skip` bytes left for the
     /// header the device writes); returns how many it filled.
-    pub(super) fn receive(
+    pub(super) fn receive<'m>(
         &mut self,
-        mem: &GuestMemory,
+        mem: &FlatMem<'m>,
         hdr_skip: usize,
         backend: &mut dyn Backend,
     ) -> io::Result<usize> {
-        let mut slices: Vec<GuestSlice<'_>> = recycle(take(&mut self.slices));
+        let mut slices: Vec<GuestSlice<'m>> = recycle(take(&mut self.slices));
         self.bounds.clear();
         let mut chains = self.stash.iter();
         for &count in &self.plan {
@@ -135,7 +135,7 @@ impl RxBuffers {
     /// excluded) delivered; a header that cannot be written goes to `bad`.
     pub(super) fn complete(
         &mut self,
-        mem: &GuestMemory,
+        mem: &FlatMem<'_>,
         hdr_skip: usize,
         mut bad: impl FnMut(u16, ChainError),
     ) -> (u64, u64) {
@@ -182,7 +182,7 @@ impl RxBuffers {
 /// Writes `num_buffers` into a frame's first chain: the whole header when the backend carries
 /// none (the device's header is then all zero but for that field), the field alone otherwise.
 fn write_num_buffers(
-    mem: &GuestMemory,
+    mem: &FlatMem<'_>,
     descs: &[(GuestAddress, u32)],
     hdr_skip: usize,
     num_buffers: u16,

@@ -220,6 +220,28 @@ fn chain_with_next_outside_the_table_is_dropped() {
 }
 
 #[test]
+fn head_index_outside_the_queue_is_counted_and_gets_no_used_element() {
+    // virtio-queue refuses a used element for such a head; the batched publication must too.
+    for q in [0u16, 1] {
+        let mut h = start(MemBackendConfig::default(), 0);
+        h.sim.publish(q, 4000).unwrap();
+        h.sim.notify(q);
+        wait_for(|| h.metrics.bad_chains.load(Ordering::Relaxed) == 1);
+        let f = frame(64, 7);
+        let head = if q == 1 {
+            h.sim.send_frame(&f).unwrap()
+        } else {
+            let heads = h.sim.post_rx_buffers(1, 1600).unwrap();
+            h.backend.inject(&f);
+            heads[0]
+        };
+        let used = h.sim.wait_used(q, 1, T).unwrap();
+        let ids: Vec<u16> = used.iter().map(|u| u.id).collect();
+        assert_eq!(ids, vec![head], "queue {q}");
+    }
+}
+
+#[test]
 fn zero_length_descriptor_is_dropped() {
     let mut h = start(MemBackendConfig::default(), 0);
     let buf = h.sim.alloc(64, 8).unwrap();

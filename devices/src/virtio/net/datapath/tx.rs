@@ -8,16 +8,16 @@ use vm_memory::GuestAddress;
 
 use super::ChainError;
 use super::chain::{SliceRoom, TxFrameRoom, collect_chain, push_slices};
+use super::flat::FlatMem;
 use crate::net::{Backend, GuestSlice, TxFrame, VNET_HDR_LEN};
 use crate::scratch::recycle;
-use crate::virtio::GuestMemory;
 
 /// The TX chains of one backend send.
 ///
 /// A round is: [`clear`](Self::clear), [`add`](Self::add) each popped chain (a malformed one is
-/// refused and stays out), [`send`](Self::send), then return every chain of
-/// [`heads`](Self::heads) as used. The vectors are kept from batch to batch: a batch allocates
-/// nothing once the largest one has been seen.
+/// refused and stays out, queued in [`used`](Self::used) by the caller), [`send`](Self::send),
+/// then [`return_chains`](Self::return_chains) and publish `used`. The vectors are kept from
+/// batch to batch: a batch allocates nothing once the largest one has been seen.
 #[derive(Debug, Default)]
 pub(super) struct TxBatch {
     /// Each frame's head index and range of `descs`.
@@ -30,6 +30,8 @@ pub(super) struct TxBatch {
     bounds: Vec<(usize, usize)>,
     /// The frames handed to the backend.
     frames: Vec<TxFrameRoom>,
+    /// Used elements `(head, length)` of the chains done with, not yet published.
+    pub(super) used: Vec<(u16, u32)>,
 }
 
 impl TxBatch {
@@ -48,17 +50,18 @@ impl TxBatch {
         self.heads.is_empty()
     }
 
-    /// The head index of every frame of the batch, in order.
-    pub(super) fn heads(&self) -> impl Iterator<Item = u16> + '_ {
-        self.heads.iter().map(|h| h.0)
+    /// Queues every chain of the batch in [`used`](Self::used), length 0 (the device wrote
+    /// nothing into them).
+    pub(super) fn return_chains(&mut self) {
+        self.used.extend(self.heads.iter().map(|h| (h.0, 0)));
     }
 
     /// Checks a chain and adds it to the batch: device-readable descriptors in guest memory,
     /// more than the virtio-net header and at most `tx_max` bytes in all.
     pub(super) fn add(
         &mut self,
-        chain: DescriptorChain<&GuestMemory>,
-        mem: &GuestMemory,
+        chain: DescriptorChain<&FlatMem<'_>>,
+        mem: &FlatMem<'_>,
         tx_max: usize,
     ) -> Result<(), ChainError> {
         let head = chain.head_index();
@@ -81,13 +84,13 @@ impl TxBatch {
 
     /// Hands the batch to the backend, each frame without its first `hdr_skip` bytes. Returns
     /// how many frames the backend took (or its error) and their bytes as sent.
-    pub(super) fn send(
+    pub(super) fn send<'m>(
         &mut self,
-        mem: &GuestMemory,
+        mem: &FlatMem<'m>,
         hdr_skip: usize,
         backend: &mut dyn Backend,
     ) -> (io::Result<usize>, usize) {
-        let mut slices: Vec<GuestSlice<'_>> = recycle(take(&mut self.slices));
+        let mut slices: Vec<GuestSlice<'m>> = recycle(take(&mut self.slices));
         self.bounds.clear();
         for &(_, start, end) in &self.heads {
             let s = slices.len();
