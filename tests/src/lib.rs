@@ -1,7 +1,8 @@
 //! End-to-end tests of the vmm (docs/design.md, "Tests, from fast to real", step 4).
 //!
-//! The tests live in `tests/`; this library holds what they share: the skip rule and a
-//! watchdog, so that a hang fails the test instead of blocking CI.
+//! The tests live in `tests/`; this library holds what they share: the skip rule, a watchdog,
+//! so that a hang fails the test instead of blocking CI, and the first checks of every run in
+//! the emulated host.
 
 use std::sync::mpsc;
 use std::thread;
@@ -44,6 +45,27 @@ pub fn within<T: Send + 'static>(
             panic!("{name}: no result after {} s", limit.as_secs())
         }
     }
+}
+
+/// The checks every run in the emulated host starts with, after printing how long run `name`
+/// took: the host did not time out, and it had `/dev/kvm`; with `lan`, its LAN came up too.
+/// Each failure points at the console log.
+pub fn assert_host_came_up(name: &str, outcome: &firmware::RunOutcome, lan: bool) {
+    let c = &outcome.console;
+    let log = outcome.log.display();
+    println!("{name}: whole run {:.1} s", outcome.elapsed.as_secs_f64());
+    assert!(
+        !outcome.timed_out,
+        "the emulated host timed out; console in {log}"
+    );
+    assert!(
+        c.contains("HOST-KVM ok"),
+        "no /dev/kvm in the emulated host; console in {log}"
+    );
+    assert!(
+        !lan || c.contains("HOST-LAN ok"),
+        "the emulated host's LAN setup failed; console in {log}"
+    );
 }
 
 #[cfg(test)]
