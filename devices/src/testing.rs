@@ -12,7 +12,6 @@
 //! that wants to look at the rings regardless of interrupts opts in with
 //! [`DriverSim::set_wait_mode`]`(`[`WaitMode::Poll`]`)`.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,7 +167,10 @@ struct SimQueue {
     kicked_at: u16,
     last_used: u16,
     free: Vec<u16>,
-    chains: HashMap<u16, Vec<(u16, GuestAddress, u32)>>,
+    /// The descriptors (index, address, length) of the chain each outstanding head starts,
+    /// indexed by head; empty for a descriptor that heads no chain. The vectors are kept and
+    /// reused, so a driver in steady state allocates nothing per chain.
+    chains: Vec<Vec<(u16, GuestAddress, u32)>>,
 }
 
 /// A simulated virtio driver talking to a device through its MMIO registers.
@@ -385,7 +387,7 @@ impl DriverSim {
                 kicked_at: 0,
                 last_used: 0,
                 free: Vec::new(),
-                chains: HashMap::new(),
+                chains: Vec::new(),
             });
         }
         self.queues[q] = SimQueue {
@@ -397,7 +399,7 @@ impl DriverSim {
             kicked_at: 0,
             last_used: 0,
             free: (0..size).rev().collect(),
-            chains: HashMap::new(),
+            chains: vec![Vec::new(); usize::from(size)],
         };
         Ok(())
     }
@@ -472,23 +474,37 @@ impl DriverSim {
         if bufs.is_empty() || sq.free.len() < bufs.len() {
             return Err(SimError::OutOfMemory);
         }
-        let idx: Vec<u16> = (0..bufs.len()).filter_map(|_| sq.free.pop()).collect();
-        let chain: Vec<(u16, GuestAddress, u32)> = idx
-            .iter()
-            .zip(bufs)
-            .map(|(&i, &(a, l, _))| (i, a, l))
-            .collect();
-        sq.chains.insert(idx[0], chain);
-        for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
-            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-            let next = idx.get(k + 1).copied().unwrap_or(0);
-            if k + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            self.write_descriptor(q, idx[k], addr, len, flags, next)?;
+        // A free descriptor heads no chain, so its slot is empty (and keeps its capacity).
+        let head = sq.free[sq.free.len() - 1];
+        let mut chain = std::mem::take(&mut sq.chains[usize::from(head)]);
+        chain.clear();
+        for &(a, l, _) in bufs {
+            let i = sq.free.pop().ok_or(SimError::OutOfMemory)?;
+            chain.push((i, a, l));
         }
-        self.publish(q, idx[0])?;
-        Ok(idx[0])
+        let table = sq.desc;
+        let written = (|| {
+            for (k, &(_, _, writable)) in bufs.iter().enumerate() {
+                let (index, addr, len) = chain[k];
+                let next = chain.get(k + 1).map(|c| c.0);
+                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+                if next.is_some() {
+                    flags |= VRING_DESC_F_NEXT;
+                }
+                RawDescriptor {
+                    addr: addr.0,
+                    len,
+                    flags,
+                    next: next.unwrap_or(0),
+                }
+                .write(&self.mem, RawDescriptor::entry(table, index))?;
+            }
+            Ok::<_, SimError>(())
+        })();
+        self.queues[usize::from(q)].chains[usize::from(head)] = chain;
+        written?;
+        self.publish(q, head)?;
+        Ok(head)
     }
 
     /// Writes `QueueNotify` for queue `q`.
@@ -534,8 +550,9 @@ impl DriverSim {
             let id: u32 = mem.read_obj(at)?;
             let len: u32 = mem.read_obj(at.unchecked_add(4))?;
             let id = id as u16;
-            if let Some(chain) = sq.chains.remove(&id) {
-                sq.free.extend(chain.iter().map(|c| c.0));
+            // An id the driver never made available (a broken device) frees nothing.
+            if let Some(chain) = sq.chains.get_mut(usize::from(id)) {
+                sq.free.extend(chain.drain(..).map(|c| c.0));
             }
             out.push(Used { id, len });
             sq.last_used = sq.last_used.wrapping_add(1);
@@ -694,11 +711,18 @@ impl DriverSim {
             let at = used_at.unchecked_add(4 + 8 * slot);
             let id = self.mem.read_obj::<u32>(at)? as u16;
             let len: u32 = self.mem.read_obj(at.unchecked_add(4))?;
-            let chain = self.queues[0].chains.remove(&id).unwrap_or_default();
+            let mut chain = self.queues[0]
+                .chains
+                .get_mut(usize::from(id))
+                .map(std::mem::take)
+                .unwrap_or_default();
             let bytes = self.read_chain(0, &chain, len);
             {
                 let sq = &mut self.queues[0];
-                sq.free.extend(chain.iter().map(|c| c.0));
+                sq.free.extend(chain.drain(..).map(|c| c.0));
+                if let Some(slot) = sq.chains.get_mut(usize::from(id)) {
+                    *slot = chain;
+                }
                 sq.last_used = sq.last_used.wrapping_add(1);
             }
             if want_bufs == 0 {
