@@ -371,9 +371,32 @@ pub fn run(data: &[u8]) {
     write(&transport, regs::STATUS, 4, 0);
 }
 
-/// This process's threads as `name state wait-channel` (Linux `/proc`): whether the device's
-/// worker is alive, and where it sleeps (`ep_poll`, a futex, ...).
+/// This process's threads as `name state wait-channel schedstat` (Linux `/proc`), read twice
+/// half a second apart: whether the device's worker is alive, where it sleeps (`ep_poll`, a
+/// futex, ...), and from `schedstat` (nanoseconds on a CPU, nanoseconds waiting for one, time
+/// slices) whether a runnable thread is running (spinning) or waiting for a CPU (starved). With
+/// `FUZZ_GDB=1` and gdb installed, every thread's backtrace too (bug 5 in README.md).
 fn threads() -> String {
+    let first = threads_once();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut out = format!("{first}; 0.5 s later: {}", threads_once());
+    if std::env::var_os("FUZZ_GDB").is_some() {
+        let gdb = std::process::Command::new("gdb")
+            .args(["-batch", "-nx", "-p", &std::process::id().to_string()])
+            .args(["-ex", "thread apply all bt 12"])
+            .output();
+        match gdb {
+            Ok(o) => {
+                out.push_str("\ngdb:\n");
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            }
+            Err(e) => out.push_str(&format!("\n(gdb: {e})")),
+        }
+    }
+    out
+}
+
+fn threads_once() -> String {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return "?".into();
     };
@@ -383,10 +406,11 @@ fn threads() -> String {
             let stat = read(task.path().join("stat"));
             let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
             format!(
-                "{} {} {}",
+                "{} {} {} [{}]",
                 read(task.path().join("comm")).trim(),
                 state.unwrap_or("?"),
-                read(task.path().join("wchan")).trim()
+                read(task.path().join("wchan")).trim(),
+                read(task.path().join("schedstat")).trim()
             )
         })
         .collect::<Vec<_>>()
