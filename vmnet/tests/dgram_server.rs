@@ -5,17 +5,12 @@
 //! stands in for vmnet.framework; it does not replace a run on a Mac.
 
 #[cfg(not(all(not(target_os = "macos"), feature = "model")))]
-mod without_model {
-    macro_rules! model_only {
-        ($($name:ident),* $(,)?) => {$(
-            #[test]
-            #[ignore = "model-only: runs with cargo test -p vmnet --features model (a step of scripts/test)"]
-            fn $name() {
-                panic!("this test runs against the vmnet model only");
-            }
-        )*};
-    }
+#[macro_use]
+#[path = "common/model_only.rs"]
+mod model_only;
 
+#[cfg(not(all(not(target_os = "macos"), feature = "model")))]
+mod without_model {
     model_only!(
         a_client_at_a_path_reaches_the_gateway_and_every_drop_is_counted,
         an_inherited_socket_pair_is_served,

@@ -5,17 +5,12 @@
 //! Without the feature (and on macOS) the names exist, ignored.
 
 #[cfg(not(all(not(target_os = "macos"), feature = "model")))]
-mod without_model {
-    macro_rules! model_only {
-        ($($name:ident),* $(,)?) => {$(
-            #[test]
-            #[ignore = "model-only: runs with cargo test -p vmnet --features model (a step of scripts/test)"]
-            fn $name() {
-                panic!("this test runs against the vmnet model only");
-            }
-        )*};
-    }
+#[macro_use]
+#[path = "common/model_only.rs"]
+mod model_only;
 
+#[cfg(not(all(not(target_os = "macos"), feature = "model")))]
+mod without_model {
     model_only!(
         every_declared_vmnet_function_is_called,
         shared_mode_serves_dhcp_and_answers_the_gateway,
