@@ -70,6 +70,9 @@ pub struct BenchOptions {
     pub command: String,
     /// Also write the table here.
     pub results: Option<PathBuf>,
+    /// Profile the UDP 64 B runs with `perf` inside the host (`host.bench.profile=1`): the
+    /// host image then carries Debian's `perf`, and each report is saved next to the table.
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -84,6 +87,7 @@ impl Default for BenchOptions {
             timeout: Duration::from_secs(900),
             command: "cargo run --release -p firmware -- bench".into(),
             results: None,
+            profile: false,
         }
     }
 }
@@ -491,6 +495,14 @@ impl Report {
              vCPUs too) plus its vhost kernel threads. See bench/README.md.\n",
             opts.seconds, opts.pings, opts.rounds
         );
+        if opts.profile {
+            let _ = writeln!(
+                out,
+                "- Profiled run (`--profile`): perf sampled the VMMs during the UDP 64 B runs on \
+                 the same two emulated CPUs, so these figures are not comparable with an \
+                 unprofiled run's. The reports are saved beside this table.\n"
+            );
+        }
         if !opts.ours_args.is_empty() {
             let _ = writeln!(
                 out,
@@ -542,6 +554,106 @@ impl Report {
         let _ = writeln!(out, "```\n</details>");
         out
     }
+}
+
+/// One profile of one run, from the host's `BENCH-THREADS-*` and `BENCH-PROFILE-*` blocks
+/// (`host.bench.profile=1`, see `profile_end` in `firmware/host/init`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// The VMM (a name of [`VMMS`]).
+    pub vmm: String,
+    /// The round, from 1.
+    pub round: u32,
+    /// The transfer (a name of [`XFERS`]).
+    pub test: String,
+    /// Each block as printed: its title (`threads`, or `perf report --sort KEYS`) and lines.
+    pub sections: Vec<(String, Vec<String>)>,
+}
+
+impl Profile {
+    /// The file name of this profile beside the table `bench-<stamp>.md`.
+    pub fn file_name(&self, stamp: &str) -> String {
+        format!(
+            "bench-{stamp}-profile-{}-{}-r{}.txt",
+            self.vmm, self.test, self.round
+        )
+    }
+
+    /// The profile as text: a heading per block.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "Profile of {} (round {}), {}\n",
+            self.vmm, self.round, self.test
+        );
+        for (title, lines) in &self.sections {
+            let _ = writeln!(out, "\n== {title} ==");
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+}
+
+/// The profiles in a console, in the order printed; the lines of one run's blocks go to one
+/// [`Profile`]. An unterminated block (the host stopped) keeps what it has.
+pub fn parse_profiles(console: &str) -> Vec<Profile> {
+    let mut profiles: Vec<Profile> = Vec::new();
+    let mut open: Option<(String, Vec<String>)> = None;
+    for line in console.lines().map(|l| l.trim_end_matches('\r')) {
+        let begin = ["BENCH-THREADS-BEGIN", "BENCH-PROFILE-BEGIN"]
+            .into_iter()
+            .find_map(|tag| line.find(tag).map(|at| (tag, &line[at..])));
+        if let Some((tag, rest)) = begin {
+            let f = line_fields(rest, tag);
+            let Some((vmm, round)) = run_key(&f) else {
+                continue;
+            };
+            let test = f.get("test").copied().unwrap_or("-").to_string();
+            let title = match f.get("sort") {
+                Some(keys) => format!("perf report --sort {keys}"),
+                None => "threads (ticks during the run; guest = running the guest)".into(),
+            };
+            let same = |p: &Profile| p.vmm == vmm && p.round == round && p.test == test;
+            if !profiles.last().is_some_and(same) {
+                profiles.push(Profile {
+                    vmm,
+                    round,
+                    test,
+                    sections: Vec::new(),
+                });
+            }
+            open = Some((title, Vec::new()));
+        } else if line.contains("BENCH-THREADS-END") || line.contains("BENCH-PROFILE-END") {
+            if let (Some(section), Some(p)) = (open.take(), profiles.last_mut()) {
+                p.sections.push(section);
+            }
+        } else if let Some((_, lines)) = open.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    if let (Some(section), Some(p)) = (open, profiles.last_mut()) {
+        p.sections.push(section);
+    }
+    profiles
+}
+
+/// The host's kernel parameters for a run with `opts`.
+fn host_append(opts: &BenchOptions) -> String {
+    let mut append = format!(
+        "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.ours_args={} \
+         host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
+        opts.vmms.join(","),
+        opts.tests.join(","),
+        opts.ours_args.join(","),
+        opts.seconds,
+        opts.pings,
+        opts.rounds
+    );
+    if opts.profile {
+        append.push_str(" host.bench.profile=1");
+    }
+    append
 }
 
 /// `(vmm, round)` of a line's fields (round 1 if the line has none).
@@ -691,7 +803,7 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     check_names("test", &opts.tests, XFERS)?;
     check_ours_args(&opts.ours_args)?;
     let vmm = crate::build_vmm(layout)?;
-    let images = crate::build_bench_images(layout, &vmm)?;
+    let images = crate::build_bench_images(layout, &vmm, opts.profile)?;
     // Per VMM: a boot, the pings at 0.2 s, the iperf3 runs with their set-up, a power-off.
     let per_vmm = 15
         + u64::from(opts.pings) / 5
@@ -706,16 +818,7 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     ));
     let run_opts = RunOptions {
         timeout: opts.timeout,
-        append: format!(
-            "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.ours_args={} \
-             host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
-            opts.vmms.join(","),
-            opts.tests.join(","),
-            opts.ours_args.join(","),
-            opts.seconds,
-            opts.pings,
-            opts.rounds
-        ),
+        append: host_append(opts),
         echo: true,
     };
     let before = cpu_snapshot();
@@ -730,15 +833,19 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     );
     let markdown = report.markdown(&date, opts);
     println!("\n{markdown}");
-    let saved = layout.log_dir().join(format!(
-        "bench-{}.md",
-        outcome
-            .log
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.strip_prefix("host-"))
-            .unwrap_or("latest")
-    ));
+    let stamp = outcome
+        .log
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("host-"))
+        .unwrap_or("latest");
+    let saved = layout.log_dir().join(format!("bench-{stamp}.md"));
+    for profile in parse_profiles(&outcome.console) {
+        let path = layout.log_dir().join(profile.file_name(stamp));
+        std::fs::write(&path, profile.text())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        progress(format!("bench: profile saved in {}", path.display()));
+    }
     std::fs::write(&saved, &markdown)
         .with_context(|| format!("cannot write {}", saved.display()))?;
     progress(format!(
@@ -915,6 +1022,70 @@ BENCH-DONE\n";
         // A tap VMM still needs its ping.
         let tap = Report::parse_console(&console.replace("ours-passt", "ours"));
         assert!(tap.problems().iter().any(|p| p.starts_with("ours: ping")));
+    }
+
+    #[test]
+    fn only_a_profiled_run_asks_the_host_for_a_profile() {
+        let plain = BenchOptions::default();
+        assert!(!host_append(&plain).contains("profile"));
+        assert!(host_append(&plain).starts_with("host.run=bench host.bench.vmms=ours,"));
+        let profiled = BenchOptions {
+            profile: true,
+            ..BenchOptions::default()
+        };
+        assert!(host_append(&profiled).ends_with(" host.bench.profile=1"));
+    }
+
+    #[test]
+    fn profile_blocks_of_one_run_are_gathered_and_other_lines_left_out() {
+        let console = "\
+BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0\r
+BENCH-THREADS-BEGIN vmm=ours round=1 test=udp_g2p\r
+412 vcpu0 utime=500 stime=300 guest=450\r
+BENCH-THREADS-END\r
+[ perf record: Captured and wrote 1.2 MB /tmp/perf.data ]\r
+BENCH-PROFILE-BEGIN vmm=ours round=1 test=udp_g2p sort=pid\r
+# Samples: 10K of event 'cpu-clock'\r
+    60.00%    412:vcpu0\r
+BENCH-PROFILE-END\r
+BENCH-PROFILE-BEGIN vmm=ours round=1 test=udp_g2p sort=dso,sym\r
+    30.00%  [kernel.kallsyms]  [k] tun_get_user\r
+BENCH-PROFILE-END\r
+BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
+    70.00%    500:CPU 0/KVM\r
+";
+        let p = parse_profiles(console);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].vmm.as_str(), p[0].round, p[0].test.as_str()),
+            ("ours", 1, "udp_g2p")
+        );
+        let titles: Vec<&str> = p[0].sections.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "threads (ticks during the run; guest = running the guest)",
+                "perf report --sort pid",
+                "perf report --sort dso,sym"
+            ]
+        );
+        assert_eq!(
+            p[0].sections[0].1,
+            ["412 vcpu0 utime=500 stime=300 guest=450"]
+        );
+        assert_eq!(
+            p[0].sections[2].1,
+            ["    30.00%  [kernel.kallsyms]  [k] tun_get_user"]
+        );
+        // perf's own messages between the blocks are not part of any.
+        assert!(!p[0].text().contains("Captured"));
+        // The host stopped inside a block: what came is kept.
+        assert_eq!(p[1].sections[0].1, ["    70.00%    500:CPU 0/KVM"]);
+        assert_eq!(
+            p[1].file_name("x"),
+            "bench-x-profile-qemu-vhost-off-udp_p2g-r2.txt"
+        );
+        assert!(parse_profiles(CONSOLE).is_empty());
     }
 
     #[test]
