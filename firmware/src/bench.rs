@@ -295,7 +295,15 @@ impl Report {
                 }
                 _ => {}
             }
-            if tag != "BENCH-GUEST-READY" {
+            // The profile's blocks go to their own files (parse_profiles).
+            if !matches!(
+                tag,
+                "BENCH-GUEST-READY"
+                    | "BENCH-THREADS-BEGIN"
+                    | "BENCH-THREADS-END"
+                    | "BENCH-PROFILE-BEGIN"
+                    | "BENCH-PROFILE-END"
+            ) {
                 report.raw.push(line.to_string());
             }
         }
@@ -1086,6 +1094,9 @@ BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
             "bench-x-profile-qemu-vhost-off-udp_p2g-r2.txt"
         );
         assert!(parse_profiles(CONSOLE).is_empty());
+        // The table's raw lines leave the profile's blocks to the profile files.
+        let raw = Report::parse_console(console).raw;
+        assert_eq!(raw, ["BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0"]);
     }
 
     #[test]
