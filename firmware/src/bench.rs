@@ -587,12 +587,50 @@ impl Profile {
         )
     }
 
-    /// The profile as text: a heading per block.
-    pub fn text(&self) -> String {
+    /// Each thread's CPU per datagram delivered, from the threads block: lines
+    /// `TID COMM total_us guest_us` (ticks of `hz` per second over `delivered` datagrams;
+    /// total is utime + stime, guest the part of it spent running the guest).
+    pub fn per_packet(&self, delivered: u64, hz: f64) -> Vec<String> {
+        let Some((_, lines)) = self.sections.iter().find(|(t, _)| t.starts_with("threads")) else {
+            return Vec::new();
+        };
+        if delivered == 0 {
+            return Vec::new();
+        }
+        let us = |ticks: u64| ticks as f64 / hz * 1e6 / delivered as f64;
+        lines
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let (tid, comm) = (words.next()?, words.next()?);
+                let f: BTreeMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+                let (u, s, g): (u64, u64, u64) =
+                    (num(&f, "utime")?, num(&f, "stime")?, num(&f, "guest")?);
+                Some(format!(
+                    "{tid} {comm} cpu_us_per_packet={:.1} guest_us_per_packet={:.1}",
+                    us(u + s),
+                    us(g)
+                ))
+            })
+            .collect()
+    }
+
+    /// The profile as text: a heading per block, and with the run's transfer (`xfer`) each
+    /// thread's CPU per delivered datagram.
+    pub fn text(&self, xfer: Option<&Xfer>) -> String {
         let mut out = format!(
             "Profile of {} (round {}), {}\n",
             self.vmm, self.round, self.test
         );
+        if let Some(x) = xfer
+            && let Some(delivered) = x.delivered()
+        {
+            let _ = writeln!(
+                out,
+                "\n== CPU per datagram delivered ({delivered} datagrams) ==\n{}",
+                self.per_packet(delivered, x.hz).join("\n")
+            );
+        }
         for (title, lines) in &self.sections {
             let _ = writeln!(out, "\n== {title} ==");
             for line in lines {
@@ -850,7 +888,11 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     let saved = layout.log_dir().join(format!("bench-{stamp}.md"));
     for profile in parse_profiles(&outcome.console) {
         let path = layout.log_dir().join(profile.file_name(stamp));
-        std::fs::write(&path, profile.text())
+        let xfer = report
+            .runs
+            .get(&(profile.vmm.clone(), profile.round))
+            .and_then(|v| v.xfers.get(&profile.test));
+        std::fs::write(&path, profile.text(xfer))
             .with_context(|| format!("cannot write {}", path.display()))?;
         progress(format!("bench: profile saved in {}", path.display()));
     }
@@ -1086,7 +1128,12 @@ BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
             ["    30.00%  [kernel.kallsyms]  [k] tun_get_user"]
         );
         // perf's own messages between the blocks are not part of any.
-        assert!(!p[0].text().contains("Captured"));
+        assert!(!p[0].text(None).contains("Captured"));
+        // 800 ticks at 100 Hz over 2000 datagrams: 4000 µs each, 2250 of them in the guest.
+        assert_eq!(
+            p[0].per_packet(2000, 100.0),
+            ["412 vcpu0 cpu_us_per_packet=4000.0 guest_us_per_packet=2250.0"]
+        );
         // The host stopped inside a block: what came is kept.
         assert_eq!(p[1].sections[0].1, ["    70.00%    500:CPU 0/KVM"]);
         assert_eq!(
