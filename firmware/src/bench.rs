@@ -598,7 +598,10 @@ impl Profile {
             return Vec::new();
         }
         let us = |ticks: u64| ticks as f64 / hz * 1e6 / delivered as f64;
-        lines
+        // vCPU threads: ours "vcpuN", QEMU's "CPU_N/KVM" (spaces made "_" by the host);
+        // vhost workers "vhost-PID"; the rest are I/O threads and QEMU's main loop.
+        let mut sums = [0u64; 5];
+        let mut out: Vec<String> = lines
             .iter()
             .filter_map(|line| {
                 let mut words = line.split_whitespace();
@@ -606,13 +609,33 @@ impl Profile {
                 let f: BTreeMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
                 let (u, s, g): (u64, u64, u64) =
                     (num(&f, "utime")?, num(&f, "stime")?, num(&f, "guest")?);
+                if comm.starts_with("vcpu") || comm.ends_with("/KVM") {
+                    sums[0] += g;
+                    sums[1] += (u + s).saturating_sub(g);
+                } else if comm.starts_with("vhost-") {
+                    sums[4] += u + s;
+                } else {
+                    sums[2] += u;
+                    sums[3] += s;
+                }
                 Some(format!(
                     "{tid} {comm} cpu_us_per_packet={:.1} guest_us_per_packet={:.1}",
                     us(u + s),
                     us(g)
                 ))
             })
-            .collect()
+            .collect();
+        out.push(format!(
+            "summary: vcpu_in_guest={:.0} vcpu_outside_guest={:.0} other_threads_user={:.0} \
+             other_threads_kernel={:.0} vhost={:.0} total={:.0} (µs per packet)",
+            us(sums[0]),
+            us(sums[1]),
+            us(sums[2]),
+            us(sums[3]),
+            us(sums[4]),
+            us(sums.iter().sum())
+        ));
+        out
     }
 
     /// The profile as text: a heading per block, and with the run's transfer (`xfer`) each
@@ -1132,7 +1155,11 @@ BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
         // 800 ticks at 100 Hz over 2000 datagrams: 4000 µs each, 2250 of them in the guest.
         assert_eq!(
             p[0].per_packet(2000, 100.0),
-            ["412 vcpu0 cpu_us_per_packet=4000.0 guest_us_per_packet=2250.0"]
+            [
+                "412 vcpu0 cpu_us_per_packet=4000.0 guest_us_per_packet=2250.0",
+                "summary: vcpu_in_guest=2250 vcpu_outside_guest=1750 other_threads_user=0 \
+                 other_threads_kernel=0 vhost=0 total=4000 (µs per packet)"
+            ]
         );
         // The host stopped inside a block: what came is kept.
         assert_eq!(p[1].sections[0].1, ["    70.00%    500:CPU 0/KVM"]);
