@@ -10,7 +10,10 @@
 //! of all its threads, plus the `vhost-PID` kernel threads that do QEMU's data path with
 //! `vhost=on`). It prints one `BENCH-*` line per measurement; this module reads them back and
 //! renders one Markdown table. Absolute figures are small under emulation; the ratios between
-//! VMMs in the same run are what we quote.
+//! VMMs in the same run are what we quote. With `--profile` the host also runs Debian's `perf`
+//! during the UDP 64 B runs and prints per-thread ticks and `perf` reports between markers;
+//! [`parse_profiles`] reads them back and each is saved beside the table (bench/README.md,
+//! "Where the CPU goes").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
