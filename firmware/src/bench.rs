@@ -10,7 +10,10 @@
 //! of all its threads, plus the `vhost-PID` kernel threads that do QEMU's data path with
 //! `vhost=on`). It prints one `BENCH-*` line per measurement; this module reads them back and
 //! renders one Markdown table. Absolute figures are small under emulation; the ratios between
-//! VMMs in the same run are what we quote.
+//! VMMs in the same run are what we quote. With `--profile` the host also runs Debian's `perf`
+//! during the UDP 64 B runs and prints per-thread ticks and `perf` reports between markers;
+//! [`parse_profiles`] reads them back and each is saved beside the table (bench/README.md,
+//! "Where the CPU goes").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -70,6 +73,9 @@ pub struct BenchOptions {
     pub command: String,
     /// Also write the table here.
     pub results: Option<PathBuf>,
+    /// Profile the UDP 64 B runs with `perf` inside the host (`host.bench.profile=1`): the
+    /// host image then carries Debian's `perf`, and each report is saved next to the table.
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -84,6 +90,7 @@ impl Default for BenchOptions {
             timeout: Duration::from_secs(900),
             command: "cargo run --release -p firmware -- bench".into(),
             results: None,
+            profile: false,
         }
     }
 }
@@ -291,7 +298,15 @@ impl Report {
                 }
                 _ => {}
             }
-            if tag != "BENCH-GUEST-READY" {
+            // The profile's blocks go to their own files (parse_profiles).
+            if !matches!(
+                tag,
+                "BENCH-GUEST-READY"
+                    | "BENCH-THREADS-BEGIN"
+                    | "BENCH-THREADS-END"
+                    | "BENCH-PROFILE-BEGIN"
+                    | "BENCH-PROFILE-END"
+            ) {
                 report.raw.push(line.to_string());
             }
         }
@@ -491,6 +506,14 @@ impl Report {
              vCPUs too) plus its vhost kernel threads. See bench/README.md.\n",
             opts.seconds, opts.pings, opts.rounds
         );
+        if opts.profile {
+            let _ = writeln!(
+                out,
+                "- Profiled run (`--profile`): perf sampled the VMMs during the UDP 64 B runs on \
+                 the same two emulated CPUs, so these figures are not comparable with an \
+                 unprofiled run's. The reports are saved beside this table.\n"
+            );
+        }
         if !opts.ours_args.is_empty() {
             let _ = writeln!(
                 out,
@@ -542,6 +565,167 @@ impl Report {
         let _ = writeln!(out, "```\n</details>");
         out
     }
+}
+
+/// One profile of one run, from the host's `BENCH-THREADS-*` and `BENCH-PROFILE-*` blocks
+/// (`host.bench.profile=1`, see `profile_end` in `firmware/host/init`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// The VMM (a name of [`VMMS`]).
+    pub vmm: String,
+    /// The round, from 1.
+    pub round: u32,
+    /// The transfer (a name of [`XFERS`]).
+    pub test: String,
+    /// Each block as printed: its title (`threads`, or `perf report --sort KEYS`) and lines.
+    pub sections: Vec<(String, Vec<String>)>,
+}
+
+impl Profile {
+    /// The file name of this profile beside the table `bench-<stamp>.md`.
+    pub fn file_name(&self, stamp: &str) -> String {
+        format!(
+            "bench-{stamp}-profile-{}-{}-r{}.txt",
+            self.vmm, self.test, self.round
+        )
+    }
+
+    /// Each thread's CPU per datagram delivered, from the threads block: lines
+    /// `TID COMM total_us guest_us` (ticks of `hz` per second over `delivered` datagrams;
+    /// total is utime + stime, guest the part of it spent running the guest).
+    pub fn per_packet(&self, delivered: u64, hz: f64) -> Vec<String> {
+        let Some((_, lines)) = self.sections.iter().find(|(t, _)| t.starts_with("threads")) else {
+            return Vec::new();
+        };
+        if delivered == 0 {
+            return Vec::new();
+        }
+        let us = |ticks: u64| ticks as f64 / hz * 1e6 / delivered as f64;
+        // vCPU threads: ours "vcpuN", QEMU's "CPU_N/KVM" (spaces made "_" by the host);
+        // vhost workers "vhost-PID"; the rest are I/O threads and QEMU's main loop.
+        let mut sums = [0u64; 5];
+        let mut out: Vec<String> = lines
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let (tid, comm) = (words.next()?, words.next()?);
+                let f: BTreeMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+                let (u, s, g): (u64, u64, u64) =
+                    (num(&f, "utime")?, num(&f, "stime")?, num(&f, "guest")?);
+                if comm.starts_with("vcpu") || comm.ends_with("/KVM") {
+                    sums[0] += g;
+                    sums[1] += (u + s).saturating_sub(g);
+                } else if comm.starts_with("vhost-") {
+                    sums[4] += u + s;
+                } else {
+                    sums[2] += u;
+                    sums[3] += s;
+                }
+                Some(format!(
+                    "{tid} {comm} cpu_us_per_packet={:.1} guest_us_per_packet={:.1}",
+                    us(u + s),
+                    us(g)
+                ))
+            })
+            .collect();
+        out.push(format!(
+            "summary: vcpu_in_guest={:.0} vcpu_outside_guest={:.0} other_threads_user={:.0} \
+             other_threads_kernel={:.0} vhost={:.0} total={:.0} (µs per packet)",
+            us(sums[0]),
+            us(sums[1]),
+            us(sums[2]),
+            us(sums[3]),
+            us(sums[4]),
+            us(sums.iter().sum())
+        ));
+        out
+    }
+
+    /// The profile as text: a heading per block, and with the run's transfer (`xfer`) each
+    /// thread's CPU per delivered datagram.
+    pub fn text(&self, xfer: Option<&Xfer>) -> String {
+        let mut out = format!(
+            "Profile of {} (round {}), {}\n",
+            self.vmm, self.round, self.test
+        );
+        if let Some(x) = xfer
+            && let Some(delivered) = x.delivered()
+        {
+            let _ = writeln!(
+                out,
+                "\n== CPU per datagram delivered ({delivered} datagrams) ==\n{}",
+                self.per_packet(delivered, x.hz).join("\n")
+            );
+        }
+        for (title, lines) in &self.sections {
+            let _ = writeln!(out, "\n== {title} ==");
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+}
+
+/// The profiles in a console, in the order printed; the lines of one run's blocks go to one
+/// [`Profile`]. An unterminated block (the host stopped) keeps what it has.
+pub fn parse_profiles(console: &str) -> Vec<Profile> {
+    let mut profiles: Vec<Profile> = Vec::new();
+    let mut open: Option<(String, Vec<String>)> = None;
+    for line in console.lines().map(|l| l.trim_end_matches('\r')) {
+        let begin = ["BENCH-THREADS-BEGIN", "BENCH-PROFILE-BEGIN"]
+            .into_iter()
+            .find_map(|tag| line.find(tag).map(|at| (tag, &line[at..])));
+        if let Some((tag, rest)) = begin {
+            let f = line_fields(rest, tag);
+            let Some((vmm, round)) = run_key(&f) else {
+                continue;
+            };
+            let test = f.get("test").copied().unwrap_or("-").to_string();
+            let title = match f.get("sort") {
+                Some(keys) => format!("perf report --sort {keys}"),
+                None => "threads (ticks during the run; guest = running the guest)".into(),
+            };
+            let same = |p: &Profile| p.vmm == vmm && p.round == round && p.test == test;
+            if !profiles.last().is_some_and(same) {
+                profiles.push(Profile {
+                    vmm,
+                    round,
+                    test,
+                    sections: Vec::new(),
+                });
+            }
+            open = Some((title, Vec::new()));
+        } else if line.contains("BENCH-THREADS-END") || line.contains("BENCH-PROFILE-END") {
+            if let (Some(section), Some(p)) = (open.take(), profiles.last_mut()) {
+                p.sections.push(section);
+            }
+        } else if let Some((_, lines)) = open.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    if let (Some(section), Some(p)) = (open, profiles.last_mut()) {
+        p.sections.push(section);
+    }
+    profiles
+}
+
+/// The host's kernel parameters for a run with `opts`.
+fn host_append(opts: &BenchOptions) -> String {
+    let mut append = format!(
+        "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.ours_args={} \
+         host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
+        opts.vmms.join(","),
+        opts.tests.join(","),
+        opts.ours_args.join(","),
+        opts.seconds,
+        opts.pings,
+        opts.rounds
+    );
+    if opts.profile {
+        append.push_str(" host.bench.profile=1");
+    }
+    append
 }
 
 /// `(vmm, round)` of a line's fields (round 1 if the line has none).
@@ -691,7 +875,7 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     check_names("test", &opts.tests, XFERS)?;
     check_ours_args(&opts.ours_args)?;
     let vmm = crate::build_vmm(layout)?;
-    let images = crate::build_bench_images(layout, &vmm)?;
+    let images = crate::build_bench_images(layout, &vmm, opts.profile)?;
     // Per VMM: a boot, the pings at 0.2 s, the iperf3 runs with their set-up, a power-off.
     let per_vmm = 15
         + u64::from(opts.pings) / 5
@@ -706,16 +890,7 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     ));
     let run_opts = RunOptions {
         timeout: opts.timeout,
-        append: format!(
-            "host.run=bench host.bench.vmms={} host.bench.tests={} host.bench.ours_args={} \
-             host.bench.seconds={} host.bench.pings={} host.bench.rounds={}",
-            opts.vmms.join(","),
-            opts.tests.join(","),
-            opts.ours_args.join(","),
-            opts.seconds,
-            opts.pings,
-            opts.rounds
-        ),
+        append: host_append(opts),
         echo: true,
     };
     let before = cpu_snapshot();
@@ -730,15 +905,23 @@ pub fn run(layout: &Layout, opts: &BenchOptions) -> Result<Report> {
     );
     let markdown = report.markdown(&date, opts);
     println!("\n{markdown}");
-    let saved = layout.log_dir().join(format!(
-        "bench-{}.md",
-        outcome
-            .log
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.strip_prefix("host-"))
-            .unwrap_or("latest")
-    ));
+    let stamp = outcome
+        .log
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("host-"))
+        .unwrap_or("latest");
+    let saved = layout.log_dir().join(format!("bench-{stamp}.md"));
+    for profile in parse_profiles(&outcome.console) {
+        let path = layout.log_dir().join(profile.file_name(stamp));
+        let xfer = report
+            .runs
+            .get(&(profile.vmm.clone(), profile.round))
+            .and_then(|v| v.xfers.get(&profile.test));
+        std::fs::write(&path, profile.text(xfer))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        progress(format!("bench: profile saved in {}", path.display()));
+    }
     std::fs::write(&saved, &markdown)
         .with_context(|| format!("cannot write {}", saved.display()))?;
     progress(format!(
@@ -915,6 +1098,82 @@ BENCH-DONE\n";
         // A tap VMM still needs its ping.
         let tap = Report::parse_console(&console.replace("ours-passt", "ours"));
         assert!(tap.problems().iter().any(|p| p.starts_with("ours: ping")));
+    }
+
+    #[test]
+    fn only_a_profiled_run_asks_the_host_for_a_profile() {
+        let plain = BenchOptions::default();
+        assert!(!host_append(&plain).contains("profile"));
+        assert!(host_append(&plain).starts_with("host.run=bench host.bench.vmms=ours,"));
+        let profiled = BenchOptions {
+            profile: true,
+            ..BenchOptions::default()
+        };
+        assert!(host_append(&profiled).ends_with(" host.bench.profile=1"));
+    }
+
+    #[test]
+    fn profile_blocks_of_one_run_are_gathered_and_other_lines_left_out() {
+        let console = "\
+BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0\r
+BENCH-THREADS-BEGIN vmm=ours round=1 test=udp_g2p\r
+412 vcpu0 utime=500 stime=300 guest=450\r
+BENCH-THREADS-END\r
+[ perf record: Captured and wrote 1.2 MB /tmp/perf.data ]\r
+BENCH-PROFILE-BEGIN vmm=ours round=1 test=udp_g2p sort=pid\r
+# Samples: 10K of event 'cpu-clock'\r
+    60.00%    412:vcpu0\r
+BENCH-PROFILE-END\r
+BENCH-PROFILE-BEGIN vmm=ours round=1 test=udp_g2p sort=dso,sym\r
+    30.00%  [kernel.kallsyms]  [k] tun_get_user\r
+BENCH-PROFILE-END\r
+BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
+    70.00%    500:CPU 0/KVM\r
+";
+        let p = parse_profiles(console);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].vmm.as_str(), p[0].round, p[0].test.as_str()),
+            ("ours", 1, "udp_g2p")
+        );
+        let titles: Vec<&str> = p[0].sections.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "threads (ticks during the run; guest = running the guest)",
+                "perf report --sort pid",
+                "perf report --sort dso,sym"
+            ]
+        );
+        assert_eq!(
+            p[0].sections[0].1,
+            ["412 vcpu0 utime=500 stime=300 guest=450"]
+        );
+        assert_eq!(
+            p[0].sections[2].1,
+            ["    30.00%  [kernel.kallsyms]  [k] tun_get_user"]
+        );
+        // perf's own messages between the blocks are not part of any.
+        assert!(!p[0].text(None).contains("Captured"));
+        // 800 ticks at 100 Hz over 2000 datagrams: 4000 µs each, 2250 of them in the guest.
+        assert_eq!(
+            p[0].per_packet(2000, 100.0),
+            [
+                "412 vcpu0 cpu_us_per_packet=4000.0 guest_us_per_packet=2250.0",
+                "summary: vcpu_in_guest=2250 vcpu_outside_guest=1750 other_threads_user=0 \
+                 other_threads_kernel=0 vhost=0 total=4000 (µs per packet)"
+            ]
+        );
+        // The host stopped inside a block: what came is kept.
+        assert_eq!(p[1].sections[0].1, ["    70.00%    500:CPU 0/KVM"]);
+        assert_eq!(
+            p[1].file_name("x"),
+            "bench-x-profile-qemu-vhost-off-udp_p2g-r2.txt"
+        );
+        assert!(parse_profiles(CONSOLE).is_empty());
+        // The table's raw lines leave the profile's blocks to the profile files.
+        let raw = Report::parse_console(console).raw;
+        assert_eq!(raw, ["BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0"]);
     }
 
     #[test]

@@ -120,11 +120,14 @@ fn package_of(deb: &Path) -> String {
 
 /// `program` (a path inside `package`, e.g. `usr/bin/qemu-system-aarch64`) and the shared
 /// libraries it needs, as files for an initramfs: the program at `/bin/<name>`, the libraries
-/// in [`BUNDLE_LIB_DIR`], and the loader at the program's interpreter path.
-pub fn bundle(layout: &Layout, package: &str, program: &str) -> Result<Vec<BundleFile>> {
+/// in [`BUNDLE_LIB_DIR`], and the loader at the program's interpreter path. `spec` is the
+/// package, optionally with a version as apt takes it (`linux-perf:arm64=6.1.192-3`; the
+/// libraries' packages are then found among the candidate version's dependencies).
+pub fn bundle(layout: &Layout, spec: &str, program: &str) -> Result<Vec<BundleFile>> {
     let cache = layout.cache();
+    let package = spec.split_once('=').map_or(spec, |(name, _)| name);
     let mut roots: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut frontier = vec![package.to_string()];
+    let mut frontier = vec![spec.to_string()];
     let mut depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for round in 1..=8 {
         for deb in apt::download_all(&std::mem::take(&mut frontier), &cache)? {

@@ -28,6 +28,10 @@ const IPERF3_PACKAGE: &str = "iperf3:arm64";
 /// Debian's arm64 passt, the user-mode network the `host.link=passt` run puts in front of a
 /// guest.
 const PASST_PACKAGE: &str = "passt:arm64";
+/// Debian's arm64 `perf`, for `firmware bench --profile`: the `linux-perf` of the same
+/// Debian kernel version as the host kernel (same source package), so that its version matches
+/// the kernel it samples.
+const PERF_PACKAGE: &str = "linux-perf:arm64";
 
 /// The guest's network modules. Their dependencies (`failover`, `net_failover`, and `virtio`,
 /// `virtio_ring` where a flavour builds those as modules) come from the modules' modinfo.
@@ -63,6 +67,8 @@ pub struct HostImages {
 /// An unpacked Debian arm64 kernel package.
 struct Kernel {
     release: String,
+    /// The Debian version of the kernel package, e.g. `6.1.192-3` (from its `.deb` name).
+    version: String,
     image: PathBuf,
     modules: ModuleTree,
 }
@@ -152,11 +158,50 @@ fn unpack_kernel(layout: &Layout, package: String, deb: &Path) -> Result<Kernel>
         .context("odd vmlinuz name")?
         .to_string();
     let modules = ModuleTree::open(&root.join("lib/modules").join(&release))?;
+    let version =
+        deb_version(deb).with_context(|| format!("odd package file name {}", deb.display()))?;
     Ok(Kernel {
         release,
+        version,
         image,
         modules,
     })
+}
+
+/// The Debian version in a `.deb` file name (`name_version_arch.deb`, the epoch's colon
+/// written `%3a`), as apt accepts it after `=`.
+fn deb_version(deb: &Path) -> Option<String> {
+    let name = deb.file_name()?.to_str()?;
+    let version = name.split('_').nth(1)?;
+    Some(version.replace("%3a", ":"))
+}
+
+/// Debian's arm64 `perf` of the kernel's own version, with its libraries, at `/bin/perf`.
+/// The package ships it as `usr/bin/perf` (bookworm's 6.1) or `usr/bin/perf_X.Y` (later
+/// kernels, with a wrapper at `usr/bin/perf`).
+fn perf_bundle(layout: &Layout, kernel: &Kernel) -> Result<Vec<bundle::BundleFile>> {
+    let spec = format!("{PERF_PACKAGE}={}", kernel.version);
+    let deb = apt::download(&spec, &layout.cache())
+        .with_context(|| format!("no {spec} for the host kernel {}", kernel.release))?;
+    let root = deb::unpack_cached(&deb, &layout.cache())?;
+    let mut parts = kernel.release.split(['.', '-']);
+    let versioned = format!(
+        "usr/bin/perf_{}.{}",
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default()
+    );
+    let program = if root.join(&versioned).is_file() {
+        versioned
+    } else {
+        "usr/bin/perf".to_string()
+    };
+    let mut files = bundle::bundle(layout, &spec, &program)?;
+    for file in &mut files {
+        if file.path.starts_with("/bin/perf_") {
+            file.path = "/bin/perf".into();
+        }
+    }
+    Ok(files)
 }
 
 /// Copies the kernel to `dest` after checking it is a raw arm64 `Image` (magic `ARM\x64` at
@@ -297,6 +342,8 @@ struct HostExtras {
     iperf3: bool,
     /// Debian's arm64 `passt` and its libraries.
     passt: bool,
+    /// Debian's arm64 `perf` of the host kernel's version and its libraries.
+    perf: bool,
     /// More kernel modules (with their dependencies), loaded after the LAN modules.
     modules: &'static [&'static str],
 }
@@ -350,6 +397,9 @@ fn build_host_in(
             bundle::bundle(layout, IPERF3_PACKAGE, "usr/bin/iperf3")?,
         );
     }
+    if extras.perf {
+        add_bundle(&mut fs, perf_bundle(layout, kernel)?);
+    }
     let initramfs = dir.join("initramfs.cpio.gz");
     // The guest Image dominates and compresses poorly; a fast level keeps the build short.
     let size = fs.write_gz(&initramfs, 1)?;
@@ -379,20 +429,25 @@ pub struct BenchImages {
 }
 
 /// Builds [`BenchImages`]: one guest, run unchanged by every VMM the bench compares, and the
-/// host that runs them (`host.run=bench`).
-pub fn build_bench_images(layout: &Layout, vmm: &Path) -> Result<BenchImages> {
+/// host that runs them (`host.run=bench`). With `profile` the host also carries Debian's
+/// `perf` (`firmware bench --profile`) and is written to `host-profile/`, so the host of the
+/// plain bench stays as it is.
+pub fn build_bench_images(layout: &Layout, vmm: &Path, profile: bool) -> Result<BenchImages> {
     let kernel = prepare_kernel(layout, &DebSources::default())?;
     let guest = iperf3_guest(layout, &kernel, &layout.bench_dir().join("guest"))?;
     let extras = HostExtras {
         qemu: true,
         iperf3: true,
         passt: true,
+        perf: profile,
         modules: BENCH_HOST_MODULES,
     };
     let host = build_host_in(
         layout,
         &kernel,
-        &layout.bench_dir().join("host"),
+        &layout
+            .bench_dir()
+            .join(if profile { "host-profile" } else { "host" }),
         Some(vmm),
         &guest,
         &extras,
@@ -448,4 +503,28 @@ pub fn build_model_images(layout: &Layout, vmm: &Path) -> Result<(GuestImages, H
         &extras,
     )?;
     Ok((guest, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debian_version_is_read_from_the_deb_file_name() {
+        assert_eq!(
+            deb_version(Path::new(
+                "/c/linux-image-6.1.0-57-arm64_6.1.192-3_arm64.deb"
+            ))
+            .as_deref(),
+            Some("6.1.192-3")
+        );
+        assert_eq!(
+            deb_version(Path::new(
+                "busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb"
+            ))
+            .as_deref(),
+            Some("1:1.35.0-4+deb12u1+b1")
+        );
+        assert_eq!(deb_version(Path::new("odd.deb")), None);
+    }
 }

@@ -111,12 +111,19 @@ enum Cmd {
             default_value = ""
         )]
         ours_args: String,
-        /// Stop the emulated host after this many seconds [default: 900 per round].
+        /// Stop the emulated host after this many seconds [default: 900 per round, 1500
+        /// with --profile].
         #[arg(long)]
         timeout: Option<u64>,
         /// Also write the table (Markdown) to this file, e.g. bench/results.md.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Profile the UDP 64 B runs with Debian's perf inside the host (per thread and per
+        /// symbol); each report is saved beside the table (bench/README.md, "Where the CPU
+        /// goes"). The host image then carries perf, and the figures are not comparable with
+        /// an unprofiled run.
+        #[arg(long)]
+        profile: bool,
     },
     /// Our VMM under bidirectional iperf3 and ping for a long time (issue: robustness under
     /// load): memory, descriptors and packet counters checked at the end.
@@ -247,8 +254,11 @@ fn run() -> Result<ExitCode> {
             ours_args,
             timeout,
             results,
+            profile,
         } => {
             let args: Vec<String> = std::env::args().skip(1).collect();
+            // A profiled round also records and reports (slow under emulation).
+            let per_round = if profile { 1500 } else { 900 };
             let opts = firmware::bench::BenchOptions {
                 seconds,
                 pings,
@@ -256,9 +266,12 @@ fn run() -> Result<ExitCode> {
                 vmms,
                 tests,
                 ours_args: ours_args.split_whitespace().map(str::to_string).collect(),
-                timeout: Duration::from_secs(timeout.unwrap_or(900 * u64::from(rounds.max(1)))),
+                timeout: Duration::from_secs(
+                    timeout.unwrap_or(per_round * u64::from(rounds.max(1))),
+                ),
                 command: format!("cargo run --release -p firmware -- {}", args.join(" ")),
                 results,
+                profile,
             };
             let report = firmware::bench::run(&layout, &opts)?;
             let problems = report.problems();

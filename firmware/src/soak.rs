@@ -204,7 +204,7 @@ pub fn run(layout: &Layout, opts: &SoakOptions) -> Result<SoakReport> {
     }
     crate::bench::check_ours_args(&opts.ours_args)?;
     let vmm = crate::build_vmm(layout)?;
-    let images = crate::build_bench_images(layout, &vmm)?;
+    let images = crate::build_bench_images(layout, &vmm, false)?;
     progress(format!(
         "soak: {} s of load after the guest boots; a sample every 30 s",
         opts.seconds
