@@ -495,39 +495,34 @@ impl DriverSim {
         q: u16,
         bufs: &[(GuestAddress, u32, bool)],
     ) -> Result<u16, SimError> {
+        let mem = &self.mem;
         let sq = &mut self.queues[usize::from(q)];
         if bufs.is_empty() || sq.free.len() < bufs.len() {
             return Err(SimError::OutOfMemory);
         }
         // A free descriptor heads no chain, so its slot is empty (and keeps its capacity).
         let head = sq.free[sq.free.len() - 1];
-        let mut chain = std::mem::take(&mut sq.chains[usize::from(head)]);
+        let chain = &mut sq.chains[usize::from(head)];
         chain.clear();
         for &(a, l, _) in bufs {
             let i = sq.free.pop().ok_or(SimError::OutOfMemory)?;
             chain.push((i, a, l));
         }
-        let table = sq.desc;
-        let written = (|| {
-            for (k, &(_, _, writable)) in bufs.iter().enumerate() {
-                let (index, addr, len) = chain[k];
-                let next = chain.get(k + 1).map(|c| c.0);
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-                if next.is_some() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDescriptor {
-                    addr: addr.0,
-                    len,
-                    flags,
-                    next: next.unwrap_or(0),
-                }
-                .write(&self.mem, RawDescriptor::entry(table, index))?;
+        for (k, &(_, _, writable)) in bufs.iter().enumerate() {
+            let (index, addr, len) = chain[k];
+            let next = chain.get(k + 1).map(|c| c.0);
+            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+            if next.is_some() {
+                flags |= VRING_DESC_F_NEXT;
             }
-            Ok::<_, SimError>(())
-        })();
-        self.queues[usize::from(q)].chains[usize::from(head)] = chain;
-        written?;
+            RawDescriptor {
+                addr: addr.0,
+                len,
+                flags,
+                next: next.unwrap_or(0),
+            }
+            .write(mem, RawDescriptor::entry(sq.desc, index))?;
+        }
         self.publish(q, head)?;
         Ok(head)
     }
