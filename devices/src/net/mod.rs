@@ -13,6 +13,8 @@ use vm_memory::VolatileSlice;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
+#[cfg(target_os = "linux")]
+mod short_rx;
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 pub mod socket;
 #[cfg(target_os = "linux")]

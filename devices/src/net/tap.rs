@@ -3,7 +3,8 @@
 //! Opens (or creates) a TAP interface with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, sets the
 //! virtio-net header size to the 12 bytes of `virtio_net_hdr_v1` so that frames move between
 //! the guest's buffers and the kernel with no header translation, and makes the descriptor
-//! non-blocking. Each frame is one `readv`/`writev` straight on guest memory.
+//! non-blocking. Each frame is one `readv`/`writev` on guest memory; a received frame larger than
+//! its first buffers, after small ones, is copied in part from a host buffer (`short_rx`).
 //! Facts from the kernel's `Documentation/networking/tuntap.rst` and `include/uapi/linux/if_tun.h`.
 
 use std::ffi::CStr;
@@ -12,7 +13,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{Backend, BackendInfo, GuestSlice, Offloads, RxFrame, TxFrame, VNET_HDR_LEN};
+use super::short_rx::{ShortRx, iovecs};
+use super::{Backend, BackendInfo, Offloads, RxFrame, TxFrame, VNET_HDR_LEN};
 use crate::scratch::recycle;
 
 // ioctl numbers from <linux/if_tun.h>: _IOW('T', nr, int/unsigned int). They are the same on
@@ -28,9 +30,6 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
-
-/// At most this many iovecs per frame (`UIO_MAXIOV`).
-const MAX_IOVECS: usize = 1024;
 
 /// Errors opening a TAP device, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +118,8 @@ pub struct Tap {
     /// The iovec buffer of `readv`/`writev`, kept between calls (empty, and typed without the
     /// raw pointers that would make the backend `!Send`): no allocation per frame.
     iov: Vec<(usize, usize)>,
+    /// Receives each frame with a short iovec while frames are small.
+    rx: ShortRx,
 }
 
 // `Tap::iov` keeps its buffer only while the layouts match (see `crate::scratch::recycle`).
@@ -188,6 +189,7 @@ impl Tap {
             name: actual,
             mtu,
             iov: Vec::new(),
+            rx: ShortRx::default(),
         };
         tap.set_offload_flags(0)
             .map_err(|e| configure("TUNSETOFFLOAD", e))?;
@@ -243,15 +245,6 @@ fn query_mtu(name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<u16> {
     Ok(u16::try_from(req.mtu).unwrap_or(u16::MAX))
 }
 
-/// Builds iovecs for `bufs` into `iov` (at most [`MAX_IOVECS`]).
-fn iovecs(bufs: &[GuestSlice<'_>], iov: &mut Vec<libc::iovec>) {
-    iov.clear();
-    iov.extend(bufs.iter().take(MAX_IOVECS).map(|b| libc::iovec {
-        iov_base: b.ptr_guard_mut().as_ptr().cast(),
-        iov_len: b.len(),
-    }));
-}
-
 /// The outcome of one frame's `readv`/`writev` (`n`), the `done` frames before it moved:
 /// `Ok(bytes)` to go on, or `Err(result)` to end the batch. A full or empty device ends it with
 /// the count so far; another error ends it with the count if some frames moved (the error comes
@@ -301,11 +294,7 @@ impl Backend for Tap {
         let mut iov: Vec<libc::iovec> = recycle(std::mem::take(&mut self.iov));
         let result = (|| {
             for (i, f) in frames.iter_mut().enumerate() {
-                iovecs(f.bufs, &mut iov);
-                // SAFETY: each iovec describes a VolatileSlice of guest memory that was checked
-                // against the guest memory map and stays mapped while `frames` borrows it; the
-                // kernel writes at most iov_len bytes to each.
-                let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+                let n = self.rx.readv(fd, f.bufs, &mut iov);
                 match frame_done(n, i) {
                     Ok(len) => f.len = len,
                     Err(stop) => return stop,
