@@ -172,6 +172,8 @@ pub struct VmmResult {
     pub ping_received: Option<u32>,
     /// RTT min/avg/max in milliseconds.
     pub rtt_ms: Option<(f64, f64, f64)>,
+    /// Every echo's round-trip time (ms), in the order sent (`BENCH-PING-RTTS`).
+    pub rtts_ms: Vec<f64>,
     /// iperf3 runs by test name.
     pub xfers: BTreeMap<String, Xfer>,
     /// The VMM's exit status.
@@ -266,6 +268,13 @@ impl Report {
                         (Some(a), Some(b), Some(c)) => Some((a, b, c)),
                         _ => None,
                     };
+                }
+                ("BENCH-PING-RTTS", Some(key)) => {
+                    let v = report.runs.entry(key).or_default();
+                    v.rtts_ms = f
+                        .get("ms")
+                        .map(|l| l.split(',').filter_map(|t| t.parse().ok()).collect())
+                        .unwrap_or_default();
                 }
                 ("BENCH-XFER", Some(key)) => {
                     let Some(test) = f.get("test") else { continue };
@@ -405,6 +414,15 @@ impl Report {
             ("Ping RTT min (ms)", "lower", 3, |v| v.rtt_ms.map(|r| r.0)),
             ("Ping RTT avg (ms)", "lower", 3, |v| v.rtt_ms.map(|r| r.1)),
             ("Ping RTT max (ms)", "lower", 3, |v| v.rtt_ms.map(|r| r.2)),
+            ("Ping RTT median (ms)", "lower", 3, |v| {
+                percentile(&v.rtts_ms, 50)
+            }),
+            ("Ping RTT 90th percentile (ms)", "lower", 3, |v| {
+                percentile(&v.rtts_ms, 90)
+            }),
+            ("Ping RTT, first echo after boot (ms)", "lower", 3, |v| {
+                v.rtts_ms.first().copied()
+            }),
             ("TCP guest→peer (Mbit/s)", "higher", 1, |v| {
                 xfer(v, "tcp_g2p")?.kbps.map(|k| k / 1000.0)
             }),
@@ -744,6 +762,15 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
 }
 
+/// The `p`th percentile by nearest rank (the smallest value with at least `p`% of the values at
+/// or below it); the 50th is the median. `None` for no values.
+fn percentile(values: &[f64], p: usize) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (v.len() * p).div_ceil(100).max(1);
+    v.get(rank - 1).copied()
+}
+
 /// What else ran on the machine during the emulated host's run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OtherLoad {
@@ -1015,6 +1042,31 @@ BENCH-XFER vmm=ours round=3 test=tcp_p2g rc=0 seconds=10 kbps=2000\n";
     }
 
     #[test]
+    fn each_echo_time_gives_the_first_echo_median_and_90th_percentile_rows() {
+        let console = "\
+BENCH-CONFIG vmms=ours rounds=1\n\
+BENCH-PING vmm=ours round=1 sent=10 received=10 rtt_min=1 rtt_avg=4.6 rtt_max=30\n\
+BENCH-PING-RTTS vmm=ours round=1 ms=30,2,3,1,4,2,2,1,6,5\n";
+        let r = Report::parse_console(console);
+        let t = r.table();
+        assert!(
+            t.contains("| Ping RTT median (ms) | 2.000 | - | - |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| Ping RTT 90th percentile (ms) | 6.000 | - | - |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| Ping RTT, first echo after boot (ms) | 30.000 | - | - |"),
+            "{t}"
+        );
+        // A run whose pings all got lost lists none.
+        let r = Report::parse_console("BENCH-PING-RTTS vmm=ours round=1 ms=none\n");
+        assert!(r.runs.values().all(|v| v.rtts_ms.is_empty()));
+    }
+
+    #[test]
     fn a_run_limited_to_some_vmms_and_tests_is_complete_when_those_are_measured() {
         let console = "\
 BENCH-CONFIG vmms=ours tests=udp_g2p rounds=1\n\
@@ -1174,6 +1226,16 @@ BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
         // The table's raw lines leave the profile's blocks to the profile files.
         let raw = Report::parse_console(console).raw;
         assert_eq!(raw, ["BENCH-XFER vmm=ours round=1 test=udp_g2p rc=0"]);
+    }
+
+    #[test]
+    fn percentiles_are_by_nearest_rank() {
+        let ten: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(percentile(&ten, 50), Some(5.0));
+        assert_eq!(percentile(&ten, 90), Some(9.0));
+        assert_eq!(percentile(&ten, 100), Some(10.0));
+        assert_eq!(percentile(&[7.0], 90), Some(7.0));
+        assert_eq!(percentile(&[], 50), None);
     }
 
     #[test]
