@@ -66,7 +66,7 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
 }
 
 const BATCH: u16 = 64;
-const WARM_UP: u64 = 16;
+const WARM_UP: u64 = 8;
 const ROUNDS: u64 = 200;
 
 fn steady_state(frame: usize) {

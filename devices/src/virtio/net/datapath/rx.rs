@@ -52,8 +52,10 @@ pub(super) struct RxBuffers {
     bounds: Vec<(usize, usize)>,
     /// The frames handed to the backend.
     frames: Vec<RxFrameRoom>,
-    /// How many frames the last receive filled: see [`plan`](Self::plan).
-    last_got: usize,
+    /// How many frames the next round plans at most: see [`plan`](Self::plan).
+    want: usize,
+    /// Frames received by the rounds of the pass under way.
+    pass_got: usize,
 }
 
 /// The fewest frames a round plans: one for the frame that woke the device, one more to find
@@ -74,14 +76,15 @@ impl RxBuffers {
     /// Groups the stashed chains into at most `max_frames` frames, each with room for a whole
     /// frame (`rx_room`); returns how many were planned.
     ///
-    /// A round plans no more than twice the frames the last receive filled (at least
-    /// [`MIN_PLAN`]), so a trickle of frames does not pay for a full batch of rooms it leaves
-    /// empty: with mergeable buffers a room for a 64 KiB frame is some 40 guest buffers of
-    /// 1.5 KiB, each one a slice to build and an iovec for the backend. A round that fills its
-    /// plan is followed by one with twice as many, up to `max_frames`.
+    /// A pass's first round plans as many frames as the last pass received (at least
+    /// [`MIN_PLAN`]), and a round that fills its plan is followed by one with twice as many, up
+    /// to `max_frames`: a trickle of frames does not pay for a full batch of rooms it leaves
+    /// empty (with mergeable buffers a room for a 64 KiB frame is some 40 guest buffers of
+    /// 1.5 KiB, each one a slice to build and an iovec for the backend), and a burst as large
+    /// as the last one is taken in one round.
     pub(super) fn plan(&mut self, max_frames: usize, cfg: &PathConfig) -> usize {
         self.plan.clear();
-        let max_frames = max_frames.min(self.last_got.saturating_mul(2).max(MIN_PLAN));
+        let max_frames = max_frames.min(self.want.max(MIN_PLAN));
         if !cfg.mrg_rxbuf {
             // One chain per frame: refill_stash only keeps chains that hold a whole one.
             let n = self.stash.len().min(max_frames);
@@ -131,7 +134,14 @@ impl RxBuffers {
             len: 0,
         }));
         let got = backend.recv(&mut frames).map(|n| n.min(frames.len()));
-        self.last_got = *got.as_ref().unwrap_or(&0);
+        let n = *got.as_ref().unwrap_or(&0);
+        self.pass_got += n;
+        if n == frames.len() {
+            self.want = n.saturating_mul(2);
+        } else {
+            // Fewer than planned: the backend has nothing more, and the pass ends.
+            self.want = take(&mut self.pass_got);
+        }
         self.lens.clear();
         if let Ok(n) = got {
             self.lens
@@ -284,17 +294,18 @@ mod tests {
 
     #[test]
     fn a_trickle_of_small_frames_plans_two_rooms_and_a_burst_doubles_them() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let flat = FlatMem::new(&mem);
         let mut bufs = RxBuffers::default();
-        for head in 0..256u16 {
+        for head in 0..1024u16 {
             let at = GuestAddress(u64::from(head) * u64::from(BUF));
             bufs.push(head, &[(at, BUF)], BUF as usize);
         }
         let chains_per_room = ROOM.div_ceil(BUF as usize); // 43
         let mut be = Scripted {
-            // One small frame, nothing, two, four, four: the plan follows what arrives.
-            script: [(1, 76), (0, 0), (2, 76), (4, 76), (4, 76)].into(),
+            // One small frame, nothing, then a burst of 2 + 4 + 5: the plan follows what
+            // arrives, and the pass after the burst starts where the burst ended.
+            script: [(1, 76), (0, 0), (2, 76), (4, 76), (5, 76), (0, 0)].into(),
             offered: Vec::new(),
             null: File::open("/dev/null").unwrap(),
         };
@@ -312,12 +323,12 @@ mod tests {
         // between the two stay for the next frames.
         let room = chains_per_room as u16;
         assert_eq!(round(&mut bufs, &flat, &mut be), [(1, 76), (1 + room, 76)]);
-        assert_eq!(bufs.stash.len(), 255 - 2);
+        assert_eq!(bufs.stash.len(), 1023 - 2);
         assert_eq!(bufs.stash[0].head, 2);
         assert_eq!(bufs.stash[room as usize - 1].head, 2 + room);
-        round(&mut bufs, &flat, &mut be);
-        round(&mut bufs, &flat, &mut be);
-        // The stash of 255 buffers holds 5 rooms: the cap of 8 after four frames is not reached.
-        assert_eq!(be.offered, [2, 2, 2, 4, 5]);
+        for _ in 0..3 {
+            round(&mut bufs, &flat, &mut be);
+        }
+        assert_eq!(be.offered, [2, 2, 2, 4, 8, 11]);
     }
 }
