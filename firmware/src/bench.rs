@@ -118,6 +118,11 @@ pub struct Xfer {
     pub vhost_ticks: Option<u64>,
     /// CPU ticks of passt during the run (the passt rows; 0 or absent otherwise).
     pub passt_ticks: Option<u64>,
+    /// Frames the VMM took from the tap (its `tx_packets`: what the host handed to the guest)
+    /// during the run, whatever the guest then did with them. Absent through passt.
+    pub tap_to_guest: Option<u64>,
+    /// Frames the VMM wrote to the tap (its `rx_packets`) during the run.
+    pub tap_from_guest: Option<u64>,
     /// Ticks per second.
     pub hz: f64,
 }
@@ -156,6 +161,13 @@ impl Xfer {
     pub fn cpu_us_per_packet(&self) -> Option<f64> {
         let delivered = self.delivered().filter(|d| *d > 0)?;
         Some(self.cpu_seconds()? * 1e6 / delivered as f64)
+    }
+
+    /// CPU microseconds per frame the VMM moved through the tap (`frames`: one of the
+    /// `tap_*` counts).
+    pub fn cpu_us_per_frame(&self, frames: Option<u64>) -> Option<f64> {
+        let frames = frames.filter(|f| *f > 0)?;
+        Some(self.cpu_seconds()? * 1e6 / frames as f64)
     }
 }
 
@@ -289,6 +301,8 @@ impl Report {
                         vmm_ticks: num(&f, "vmm_ticks"),
                         vhost_ticks: num(&f, "vhost_ticks"),
                         passt_ticks: num(&f, "passt_ticks"),
+                        tap_to_guest: num(&f, "tap_to_guest"),
+                        tap_from_guest: num(&f, "tap_from_guest"),
                         hz: num(&f, "hz").unwrap_or(DEFAULT_HZ),
                     };
                     report
@@ -466,6 +480,33 @@ impl Report {
             ("CPU µs/packet, UDP 64 B peer→guest", "lower", 1, |v| {
                 xfer(v, "udp_p2g")?.cpu_us_per_packet()
             }),
+            (
+                "UDP 64 B peer→guest (kpps the VMM took from the tap)",
+                "higher",
+                2,
+                |v| {
+                    let x = xfer(v, "udp_p2g")?;
+                    Some(x.tap_to_guest? as f64 / x.seconds? / 1000.0)
+                },
+            ),
+            (
+                "CPU µs/frame the VMM moved, UDP 64 B guest→peer",
+                "lower",
+                1,
+                |v| {
+                    let x = xfer(v, "udp_g2p")?;
+                    x.cpu_us_per_frame(x.tap_from_guest)
+                },
+            ),
+            (
+                "CPU µs/frame the VMM moved, UDP 64 B peer→guest",
+                "lower",
+                1,
+                |v| {
+                    let x = xfer(v, "udp_p2g")?;
+                    x.cpu_us_per_frame(x.tap_to_guest)
+                },
+            ),
         ];
         let title = |name: &str| {
             VMMS.iter()
@@ -976,7 +1017,7 @@ BENCH-CONFIG vmms=ours,qemu-vhost-off,qemu-vhost-on seconds=10 pings=50\r
 BENCH-VMM vmm=ours pid=321 vhost_pids=none\r
 BENCH-PING vmm=ours sent=50 received=50 rtt_min=1.5 rtt_avg=2.5 rtt_max=9.0\r
 BENCH-XFER vmm=ours test=tcp_g2p rc=0 seconds=10 kbps=80000 sent= lost= total= vmm_ticks=150 vhost_ticks=0 hz=100\r
-BENCH-XFER vmm=ours test=udp_p2g rc=0 seconds=10 kbps=512 sent=20000 lost=2000 total=12000 vmm_ticks=100 vhost_ticks=50 hz=100\r
+BENCH-XFER vmm=ours test=udp_p2g rc=0 seconds=10 kbps=512 sent=20000 lost=2000 total=12000 vmm_ticks=100 vhost_ticks=50 tap_to_guest=15000 tap_from_guest=40 hz=100\r
 BENCH-EXIT vmm=ours code=0\r
 BENCH-DONE\r
 ";
@@ -998,6 +1039,23 @@ BENCH-DONE\r
         assert_eq!(x.pps(), Some(1000.0));
         assert_eq!(x.cpu_seconds(), Some(1.5));
         assert!((x.cpu_us_per_packet().unwrap() - 150.0).abs() < 1e-9);
+        // The VMM moved 15,000 frames to the guest (some of which the guest dropped).
+        assert_eq!(x.tap_to_guest, Some(15_000));
+        assert!((x.cpu_us_per_frame(x.tap_to_guest).unwrap() - 100.0).abs() < 1e-9);
+        let t = r.table();
+        assert!(
+            t.contains("| UDP 64 B peer→guest (kpps the VMM took from the tap) | 1.50 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| CPU µs/frame the VMM moved, UDP 64 B peer→guest | 100.0 |"),
+            "{t}"
+        );
+        // No counts (a run through passt): no figure.
+        assert!(
+            t.contains("| CPU µs/frame the VMM moved, UDP 64 B guest→peer | - |"),
+            "{t}"
+        );
     }
 
     #[test]
