@@ -69,10 +69,22 @@ impl ShortRx {
         bufs: &[GuestSlice<'_>],
         iov: &mut Vec<libc::iovec>,
     ) -> isize {
+        if self.long {
+            // Straight into the whole room: nothing to copy, nothing to size.
+            iovecs(bufs, iov);
+            // SAFETY: each iovec describes a VolatileSlice the caller borrows for the call
+            // (guest memory checked against the memory map, or host memory); the kernel
+            // writes at most `iov_len` bytes to each.
+            let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            if let Ok(len) = usize::try_from(n) {
+                self.long = len > direct_part(bufs).1;
+            }
+            return n;
+        }
         let (direct, direct_len) = direct_part(bufs);
         let rest = &bufs[direct..bufs.len().min(MAX_IOVECS)];
         let rest_len: usize = rest.iter().map(|b| b.len()).sum();
-        if self.long || rest_len == 0 {
+        if rest_len == 0 {
             iovecs(bufs, iov);
         } else {
             if self.bounce.len() < rest_len {
@@ -92,7 +104,7 @@ impl ShortRx {
         let Ok(len) = usize::try_from(n) else {
             return n;
         };
-        if !self.long && len > direct_len {
+        if len > direct_len {
             let mut from = &self.bounce[..len - direct_len];
             for b in rest {
                 let k = from.len().min(b.len());
