@@ -511,6 +511,7 @@ fn virtio_devices(
                 mac: plan.mac,
                 name: plan.name.clone(),
                 tx_hold: Duration::from_micros(args.tx_hold_us.into()),
+                rx_hold: Duration::from_micros(args.rx_hold_us.into()),
                 ..Default::default()
             },
         );

@@ -223,14 +223,36 @@ impl DataPath {
     }
 
     /// Delivers pending backend frames into the guest's RX buffers until the backend has no
-    /// more, the guest has no room left, or the backend fails.
+    /// more, the guest has no room left, or the backend fails. The guest hears of each batch
+    /// as it is published (its interrupt, as its event index asks).
     pub fn process_rx(&mut self, backend: &mut dyn Backend) -> RxEnd {
+        self.rx_pass(backend, true).end
+    }
+
+    /// [`process_rx`](Self::process_rx) that leaves the guest's interrupt for the frames it
+    /// delivers to the caller, who decides when to call [`notify_rx`](Self::notify_rx): RX
+    /// interrupt holding. A pass that runs out of guest buffers
+    /// ([`RxEnd::NoBuffers`]) still interrupts, since the driver posts more only once it has
+    /// taken the used ones.
+    pub fn process_rx_unnotified(&mut self, backend: &mut dyn Backend) -> RxPass {
+        self.rx_pass(backend, false)
+    }
+
+    /// Interrupts the guest for the RX buffers used since the last interrupt decision, if its
+    /// event index asks for one (or always, without `VIRTIO_RING_F_EVENT_IDX`).
+    pub fn notify_rx(&mut self) {
+        let mem_arc = Arc::clone(&self.mem);
+        let mem = FlatMem::new(&mem_arc);
+        self.notify_used(Which::Rx, &mem);
+    }
+
+    fn rx_pass(&mut self, backend: &mut dyn Backend, notify: bool) -> RxPass {
         let mem_arc = Arc::clone(&self.mem);
         let mem = FlatMem::new(&mem_arc);
         let mut bufs = std::mem::take(&mut self.rx_bufs);
-        let end = self.rx_rounds(&mem, backend, &mut bufs);
+        let pass = self.rx_rounds(&mem, backend, &mut bufs, notify);
         self.rx_bufs = bufs;
-        end
+        pass
     }
 
     fn tx_pass(&mut self, backend: &mut dyn Backend, hold_at: Option<usize>) -> TxEnd {
@@ -295,12 +317,17 @@ impl DataPath {
         mem: &FlatMem<'_>,
         backend: &mut dyn Backend,
         bufs: &mut RxBuffers,
-    ) -> RxEnd {
+        notify: bool,
+    ) -> RxPass {
         let hdr_skip = self.hdr_skip();
         let mut announced_unpopped = false;
+        let mut delivered = 0;
         loop {
             if !self.start_round(Which::Rx, mem) {
-                return RxEnd::NoBuffers;
+                return RxPass {
+                    end: RxEnd::NoBuffers,
+                    frames: delivered,
+                };
             }
             if self.refill_stash(mem, bufs) > 0 {
                 announced_unpopped = false;
@@ -314,9 +341,13 @@ impl DataPath {
                     Rearmed::Idle => add(&self.metrics.rx_no_buffers, 1),
                     Rearmed::Stopped => {}
                 }
-                // Refused chains returned by this pass.
+                // Refused chains returned by this pass, and with `notify` off, the frames it
+                // delivered: the driver posts more buffers only once it has taken those.
                 self.notify_used(Which::Rx, mem);
-                return RxEnd::NoBuffers;
+                return RxPass {
+                    end: RxEnd::NoBuffers,
+                    frames: delivered,
+                };
             }
             let (got, end) = match bufs.receive(mem, hdr_skip, backend) {
                 Ok(n) => (n, RxEnd::Drained),
@@ -331,11 +362,17 @@ impl DataPath {
             });
             add(&self.metrics.rx_bytes, bytes);
             add(&self.metrics.rx_frames, frames);
+            delivered += frames;
             self.publish_used_batch(Which::Rx, mem, &mut bufs.used);
-            // Per batch, so the guest starts on these frames while the next are read.
-            self.notify_used(Which::Rx, mem);
+            if notify {
+                // Per batch, so the guest starts on these frames while the next are read.
+                self.notify_used(Which::Rx, mem);
+            }
             if got < planned {
-                return end;
+                return RxPass {
+                    end,
+                    frames: delivered,
+                };
             }
         }
     }
@@ -696,6 +733,15 @@ impl Which {
     }
 }
 
+/// What an RX pass ([`DataPath::process_rx_unnotified`]) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxPass {
+    /// How it stopped.
+    pub end: RxEnd,
+    /// The frames it delivered to the guest.
+    pub frames: u64,
+}
+
 /// How [`DataPath::process_rx`] stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxEnd {
@@ -716,3 +762,6 @@ mod fuzz_regressions;
 
 #[cfg(test)]
 mod tx_hold_tests;
+
+#[cfg(test)]
+mod rx_hold_tests;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Link;
-use super::datapath::{DataPath, RxEnd, TxEnd, add};
+use super::datapath::{DataPath, RxEnd, RxPass, TxEnd, add};
 use crate::net::Backend;
 use crate::virtio::worker::{QueueHandler, Wake};
 
@@ -36,8 +36,8 @@ fn next_retry(end: RxEnd, current: Option<Duration>) -> Option<Duration> {
     }
 }
 
-/// The net device's [`QueueHandler`]: the data path, the backend and the timers of TX holding
-/// and RX retries. The generic [`Worker`](crate::virtio::worker::Worker) runs it; stopping the
+/// The net device's [`QueueHandler`]: the data path, the backend and the timers of TX holding,
+/// RX interrupt holding and RX retries. The generic [`Worker`](crate::virtio::worker::Worker) runs it; stopping the
 /// worker hands it back, and with it the backend.
 pub(crate) struct NetHandler {
     path: DataPath,
@@ -50,6 +50,7 @@ pub(crate) struct NetHandler {
     /// The current back-off after a failed receive, and when the next receive is due.
     rx_retry: Option<Duration>,
     rx_retry_at: Option<Instant>,
+    rx_hold: RxHold,
 }
 
 impl NetHandler {
@@ -58,6 +59,7 @@ impl NetHandler {
         backend: Box<dyn Backend>,
         link: Arc<Link>,
         tx_hold: Duration,
+        rx_hold: Duration,
     ) -> Self {
         Self {
             path,
@@ -67,12 +69,74 @@ impl NetHandler {
             tx_due: None,
             rx_retry: None,
             rx_retry_at: None,
+            rx_hold: RxHold::new(rx_hold),
         }
     }
 
-    /// The earlier of the two timers.
+    /// The earliest of the timers.
     fn timer(&self) -> Option<Instant> {
-        [self.tx_due, self.rx_retry_at].into_iter().flatten().min()
+        [self.tx_due, self.rx_retry_at, self.rx_hold.due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// A receive pass that delivers this many frames means frames are coming faster than the
+/// worker wakes up: with holding on, the guest's interrupt waits. A lone frame (a ping, a
+/// reply) never waits.
+const HOLD_FROM_FRAMES: u64 = 2;
+
+/// RX interrupt holding ([`NetConfig::rx_hold`](super::NetConfig::rx_hold)): when the guest
+/// hears of the frames a receive pass delivered.
+///
+/// Each interrupt the guest takes costs it two exits (reading and acknowledging the interrupt
+/// status) and ends the driver's polling. While frames keep arriving, holding the interrupt
+/// for a short time lets the frames that come meanwhile share it; the driver then finds them
+/// all in one poll. A frame that arrives alone is announced at once, so request/response
+/// traffic is not delayed.
+#[derive(Debug)]
+struct RxHold {
+    hold: Duration,
+    /// When the held interrupt is due; `None` while none is held.
+    due: Option<Instant>,
+}
+
+impl RxHold {
+    fn new(hold: Duration) -> Self {
+        Self { hold, due: None }
+    }
+
+    fn is_on(&self) -> bool {
+        !self.hold.is_zero()
+    }
+
+    /// After a pass that left the interrupt to the caller: whether to interrupt now. Otherwise
+    /// the interrupt is held until [`due`](Self::due) (set here if it was not).
+    fn interrupt_now(&mut self, pass: RxPass, now: Instant) -> bool {
+        if pass.end == RxEnd::NoBuffers {
+            // The guest must take the used buffers before it posts more: no waiting.
+            self.due = None;
+            return true;
+        }
+        if self.due.is_some() {
+            // Already holding: these frames join the held interrupt.
+            return false;
+        }
+        if pass.frames >= HOLD_FROM_FRAMES {
+            self.due = Some(now + self.hold);
+            return false;
+        }
+        true
+    }
+
+    /// Whether the held interrupt is due at `now`; if so it is no longer held.
+    fn fire(&mut self, now: Instant) -> bool {
+        let due = self.due.is_some_and(|at| at <= now);
+        if due {
+            self.due = None;
+        }
+        due
     }
 }
 
@@ -133,8 +197,20 @@ impl QueueHandler for NetHandler {
             self.tx_due = (end == TxEnd::Holding).then(|| Instant::now() + self.tx_hold);
         }
         if rx {
-            self.rx_retry = next_retry(path.process_rx(backend), self.rx_retry);
+            let end = if self.rx_hold.is_on() {
+                let pass = path.process_rx_unnotified(backend);
+                if self.rx_hold.interrupt_now(pass, Instant::now()) {
+                    path.notify_rx();
+                }
+                pass.end
+            } else {
+                path.process_rx(backend)
+            };
+            self.rx_retry = next_retry(end, self.rx_retry);
             self.rx_retry_at = self.rx_retry.map(|d| Instant::now() + d);
+        }
+        if self.rx_hold.fire(wake.now) {
+            path.notify_rx();
         }
         update_link(path, backend, &self.link);
         self.timer()
@@ -165,6 +241,61 @@ mod tests {
             seen.push(d.unwrap().as_millis());
         }
         assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
+    fn pass(end: RxEnd, frames: u64) -> RxPass {
+        RxPass { end, frames }
+    }
+
+    const HOLD: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn a_lone_frame_interrupts_at_once() {
+        let mut h = RxHold::new(HOLD);
+        let now = Instant::now();
+        assert!(h.interrupt_now(pass(RxEnd::Drained, 1), now));
+        assert_eq!(h.due, None);
+        // A pass that found nothing has nothing to hold either.
+        assert!(h.interrupt_now(pass(RxEnd::Drained, 0), now));
+        assert_eq!(h.due, None);
+    }
+
+    #[test]
+    fn a_pass_of_several_frames_holds_the_interrupt_and_later_frames_join_it() {
+        let mut h = RxHold::new(HOLD);
+        let t0 = Instant::now();
+        assert!(!h.interrupt_now(pass(RxEnd::Drained, 2), t0));
+        assert_eq!(h.due, Some(t0 + HOLD));
+        // Later passes, whatever they deliver, neither interrupt nor push the deadline back.
+        let t1 = t0 + HOLD / 2;
+        assert!(!h.interrupt_now(pass(RxEnd::Drained, 1), t1));
+        assert!(!h.interrupt_now(pass(RxEnd::Drained, 7), t1));
+        assert!(!h.interrupt_now(pass(RxEnd::BackendError, 0), t1));
+        assert_eq!(h.due, Some(t0 + HOLD));
+        assert!(!h.fire(t1), "not due yet");
+        assert!(h.fire(t0 + HOLD));
+        assert_eq!(h.due, None);
+        assert!(!h.fire(t0 + HOLD * 2), "fired once");
+        // Held no more: a lone frame interrupts at once again.
+        assert!(h.interrupt_now(pass(RxEnd::Drained, 1), t0 + HOLD * 2));
+    }
+
+    #[test]
+    fn running_out_of_guest_buffers_interrupts_at_once_even_while_holding() {
+        let mut h = RxHold::new(HOLD);
+        let t0 = Instant::now();
+        assert!(h.interrupt_now(pass(RxEnd::NoBuffers, 5), t0));
+        assert_eq!(h.due, None);
+        assert!(!h.interrupt_now(pass(RxEnd::Drained, 3), t0));
+        assert!(h.interrupt_now(pass(RxEnd::NoBuffers, 1), t0));
+        assert_eq!(h.due, None, "the held interrupt went out with this one");
+        assert!(!h.fire(t0 + HOLD));
+    }
+
+    #[test]
+    fn a_zero_hold_is_off() {
+        assert!(!RxHold::new(Duration::ZERO).is_on());
+        assert!(RxHold::new(HOLD).is_on());
     }
 
     #[test]

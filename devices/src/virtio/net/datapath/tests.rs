@@ -423,6 +423,24 @@ fn event_idx_interrupts_exactly_when_the_used_index_passes_used_event() {
     }
 }
 
+/// RX interrupt holding is on by default: the frames of a pass that delivers several get
+/// their interrupt when the hold ends, not never.
+#[test]
+fn a_burst_of_received_frames_gets_its_held_interrupt() {
+    let mut h = start(MemBackendConfig::default(), 0);
+    for i in 0..4 {
+        h.backend.inject(&frame(64, i));
+    }
+    wait_for(|| h.metrics.rx_no_buffers.load(Ordering::Relaxed) >= 1);
+    while h.sim.wait_interrupt(Duration::ZERO).unwrap() {}
+    // More buffers than frames: a pass that used them all would interrupt at once anyway.
+    h.sim.post_rx_buffers(8, 2048).unwrap();
+    assert!(h.sim.wait_interrupt(T).unwrap(), "the held interrupt came");
+    assert_eq!(h.metrics.rx_frames.load(Ordering::Relaxed), 4);
+    let got = h.sim.recv_frames(4, T).unwrap();
+    assert_eq!(got, (0..4).map(|i| frame(64, i)).collect::<Vec<_>>());
+}
+
 #[test]
 fn without_event_idx_every_batch_raises_an_interrupt() {
     let mut h = start(MemBackendConfig::default(), 0);
