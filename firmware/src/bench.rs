@@ -1294,6 +1294,11 @@ BENCH-PROFILE-BEGIN vmm=qemu-vhost-off round=2 test=udp_p2g sort=pid\r
         assert_eq!(percentile(&ten, 100), Some(10.0));
         assert_eq!(percentile(&[7.0], 90), Some(7.0));
         assert_eq!(percentile(&[], 50), None);
+        // Where the rank is not a whole number it rounds up: 7 × 50% = 3.5, the 4th value;
+        // 7 × 90% = 6.3, the 7th.
+        let seven: Vec<f64> = (1..=7).map(f64::from).collect();
+        assert_eq!(percentile(&seven, 50), Some(4.0));
+        assert_eq!(percentile(&seven, 90), Some(7.0));
     }
 
     #[test]
