@@ -1,5 +1,6 @@
 //! `net_datapath`: the net device's data path ([`DataPath::process_tx`] and
-//! [`DataPath::process_rx`], called directly, no threads) over guest memory whose descriptor
+//! [`DataPath::process_rx`], or every other time [`DataPath::process_rx_unnotified`] and
+//! [`DataPath::notify_rx`], called directly, no threads) over guest memory whose descriptor
 //! tables, indirect tables, avail rings and buffers the fuzzer chooses, with an in-memory backend.
 //!
 //! Guest memory is three regions with holes around them:
@@ -689,6 +690,8 @@ struct Harness {
     reach: Vec<(u64, u64)>,
     /// Where the fuzzed sequence wrote outside the reach (buffer writes).
     driver_writes: Vec<(u64, u64)>,
+    /// RX passes run so far: every other one leaves its interrupt to the caller.
+    rx_passes: u64,
 }
 
 impl Harness {
@@ -840,7 +843,14 @@ impl Harness {
         let pending_before = self.handle.pending();
 
         let before = Snap::take(&self.mem, &self.reach);
-        self.path.process_rx(&mut self.backend);
+        self.rx_passes += 1;
+        if self.rx_passes % 2 == 0 {
+            // As the worker does with RX interrupt holding: publish, then interrupt later.
+            let _ = self.path.process_rx_unnotified(&mut self.backend);
+            self.path.notify_rx();
+        } else {
+            self.path.process_rx(&mut self.backend);
+        }
         let after = Snap::take(&self.mem, &self.reach);
 
         let mut allowed = self.used_ranges();
@@ -1231,6 +1241,7 @@ pub fn run(data: &[u8]) {
         meta,
         reach,
         driver_writes: Vec::new(),
+        rx_passes: 0,
     };
 
     for _ in 0..MAX_OPS {
