@@ -5,7 +5,8 @@
 //! [`Worker`](crate::virtio::worker::Worker); [`NetHandler`] tells it to watch the backend's
 //! readiness descriptor besides the two queue notifiers, and decides on each wake-up which
 //! passes to run: TX on a TX kick or when a TX hold ends, RX on an RX kick, backend readiness
-//! or a due retry. Reset stops the worker, which hands the handler, and so the backend, back.
+//! or a due retry; and when the guest hears of the frames received ([`RxHold`]). Reset stops the
+//! worker, which hands the handler, and so the backend, back.
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -37,8 +38,8 @@ fn next_retry(end: RxEnd, current: Option<Duration>) -> Option<Duration> {
 }
 
 /// The net device's [`QueueHandler`]: the data path, the backend and the timers of TX holding,
-/// RX interrupt holding and RX retries. The generic [`Worker`](crate::virtio::worker::Worker) runs it; stopping the
-/// worker hands it back, and with it the backend.
+/// RX interrupt holding and RX retries. The generic [`Worker`](crate::virtio::worker::Worker)
+/// runs it; stopping the worker hands it back, and with it the backend.
 pub(crate) struct NetHandler {
     path: DataPath,
     pub(crate) backend: Box<dyn Backend>,
