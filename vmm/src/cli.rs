@@ -838,25 +838,25 @@ mod tests {
     }
 
     #[test]
-    fn tx_hold_defaults_to_150_us_and_takes_0_to_1000() {
-        assert_eq!(parse(&["--kernel", "Image"]).unwrap().tx_hold_us, 150);
-        for us in [0u16, 1000] {
-            let args = parse(&["--kernel", "Image", "--tx-hold-us", &us.to_string()]).unwrap();
-            assert_eq!(args.tx_hold_us, us);
+    fn tx_hold_defaults_to_150_us_rx_hold_to_200_us_and_both_take_0_to_1000() {
+        type Field = fn(&Args) -> u16;
+        let holds: [(&str, u16, Field); 2] = [
+            ("--tx-hold-us", 150, |a| a.tx_hold_us),
+            ("--rx-hold-us", 200, |a| a.rx_hold_us),
+        ];
+        for (flag, default, get) in holds {
+            assert_eq!(
+                get(&parse(&["--kernel", "Image"]).unwrap()),
+                default,
+                "{flag}"
+            );
+            for us in [0u16, 1000] {
+                let args = parse(&["--kernel", "Image", flag, &us.to_string()]).unwrap();
+                assert_eq!(get(&args), us, "{flag} {us}");
+            }
+            let err = parse(&["--kernel", "Image", flag, "1001"]).unwrap_err();
+            assert!(err.to_string().contains("0..=1000"), "{flag}: {err}");
         }
-        let err = parse(&["--kernel", "Image", "--tx-hold-us", "1001"]).unwrap_err();
-        assert!(err.to_string().contains("0..=1000"), "{err}");
-    }
-
-    #[test]
-    fn rx_hold_defaults_to_200_us_and_takes_0_to_1000() {
-        assert_eq!(parse(&["--kernel", "Image"]).unwrap().rx_hold_us, 200);
-        for us in [0u16, 1000] {
-            let args = parse(&["--kernel", "Image", "--rx-hold-us", &us.to_string()]).unwrap();
-            assert_eq!(args.rx_hold_us, us);
-        }
-        let err = parse(&["--kernel", "Image", "--rx-hold-us", "1001"]).unwrap_err();
-        assert!(err.to_string().contains("0..=1000"), "{err}");
     }
 
     #[test]
