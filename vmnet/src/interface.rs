@@ -408,8 +408,9 @@ impl Interface {
     }
 
     /// Blocks until the framework signals packets (`true`) or `timeout` passes (`false`;
-    /// `None` waits forever). Returns at once after a read that filled a whole batch, since
-    /// more may be pending.
+    /// `None` waits forever). Returns at once after a read that filled a whole batch or was cut
+    /// short by an error, since more may be pending; a read that failed outright leaves
+    /// readiness as it found it.
     ///
     /// ```no_run
     /// # fn f(iface: &vmnet::Interface) {
@@ -531,9 +532,10 @@ impl Interface {
             return Ok(0);
         }
         // Clear before reading: an event during the read sets the flag again.
-        self.shared.ready.clear();
+        let was_ready = self.shared.ready.take();
         let mut total = 0;
-        let mut last_full = false;
+        // Whether packets may be left that no event will announce.
+        let mut more = false;
         for range in batch.calls(0..batch.len(), self.params.read_max_packets) {
             let want = range.len();
             let result = if lin.bounces_up_front(batch, range.clone()) {
@@ -556,22 +558,32 @@ impl Interface {
             match result {
                 Ok(n) => {
                     total += n;
-                    last_full = n == want;
+                    more = n == want;
                     if n < want {
                         break;
                     }
                 }
-                // The packets read before the failing call are delivered; the next read meets
-                // the error again.
+                // The packets read before the failing call are delivered. Every call before it
+                // was full, so more may be pending: readiness stays set, and the next read
+                // meets the error again or reads them.
                 Err(_) if total > 0 => {
-                    last_full = false;
+                    more = true;
                     break;
                 }
-                Err(e) => return Err(e),
+                // A failed read took nothing: readiness stays as it was, or a reader that
+                // waits before its next read would sleep on pending packets until a new one
+                // arrives (vmnet does not repeat an event).
+                Err(e) => {
+                    if was_ready {
+                        self.shared.ready.set_pending();
+                    }
+                    return Err(e);
+                }
             }
         }
-        if last_full {
-            // A full batch: more may be pending, and no event will say so.
+        if more {
+            // A full batch, or one cut short by an error: more may be pending, and no event
+            // will say so.
             self.shared.ready.set_pending();
         }
         Ok(total)

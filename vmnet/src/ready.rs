@@ -100,6 +100,21 @@ impl Readiness {
         self.flags().pending = false;
     }
 
+    /// Clears the flag and returns whether it was set: a reader calls it before reading and,
+    /// if the read fails, sets the flag again with [`set_pending`](Self::set_pending) when it
+    /// was set, so that a failed read leaves readiness as it found it.
+    ///
+    /// ```
+    /// let r = vmnet::ready::Readiness::new();
+    /// r.signal(1);
+    /// assert!(r.take());
+    /// assert!(!r.is_pending());
+    /// assert!(!r.take());
+    /// ```
+    pub fn take(&self) -> bool {
+        std::mem::take(&mut self.flags().pending)
+    }
+
     /// Whether packets were signalled since the last [`clear`](Self::clear).
     ///
     /// ```

@@ -15,6 +15,7 @@ mod without_model {
         every_declared_vmnet_function_is_called,
         shared_mode_serves_dhcp_and_answers_the_gateway,
         read_and_write_faults_are_errors_and_the_interface_keeps_working,
+        a_read_cut_short_by_an_error_leaves_the_rest_readable,
         short_reads_and_writes_are_reported,
         an_event_after_stop_is_harmless,
         missing_privileges_are_permission_errors,
@@ -45,7 +46,7 @@ mod with_model {
     use examples::echo::{arp_request, echo_request};
     use vmnet::batch::{Batch, VmPktDesc};
     use vmnet::forward::{Family, PortForward, Protocol};
-    use vmnet::iov::iovec_ref;
+    use vmnet::iov::{iovec_mut, iovec_ref};
     use vmnet::{Error, Interface, Options, Status, sys};
     use vmnet_model::vmnet::{self as model, Fault, Privileges};
 
@@ -404,6 +405,8 @@ mod with_model {
             assert_eq!(e.status().map(|s| s as u32), Some(status), "{e:?}");
         }
         assert_eq!(a.write_batch(std::slice::from_ref(&frame)).unwrap(), 1);
+        // The event for it has come (vmnet will not repeat it) before the reads fail.
+        assert!(b.wait_readable(Some(T)));
         let mut bufs = vec![vec![0u8; b.limits().read_capacity()]; 4];
         let mut lens = [0usize; 4];
         for status in [sys::VMNET_FAILURE, sys::VMNET_BUFFER_EXHAUSTED] {
@@ -411,11 +414,47 @@ mod with_model {
             let e = b.read_batch(&mut bufs, &mut lens).unwrap_err();
             assert_eq!(e.status().map(|s| s as u32), Some(status), "{e:?}");
         }
-        // The packet waited through the failed reads.
-        assert!(b.wait_readable(Some(T)));
+        // The packet waited through the failed reads, and so did its readiness: a reader that
+        // waits before reading again is not left asleep.
+        assert!(b.wait_readable(Some(Duration::ZERO)));
         assert_eq!(b.read_batch(&mut bufs, &mut lens).unwrap(), 1);
         assert_eq!(&bufs[0][..lens[0]], &frame[..]);
         let _ = Status::Failure;
+        a.stop(T).unwrap();
+        b.stop(T).unwrap();
+    }
+
+    #[test]
+    fn a_read_cut_short_by_an_error_leaves_the_rest_readable() {
+        let _g = Guard::new();
+        let a = start(&Options::host());
+        let b = start(&Options::host());
+        let frames: Vec<Vec<u8>> = (0..8)
+            .map(|i| broadcast(a.params().mac.unwrap(), 60 + i))
+            .collect();
+        assert_eq!(a.write_batch(&frames).unwrap(), 8);
+        assert!(b.wait_readable(Some(T)));
+        // Packets of 64 KiB capacity: four to a call (256 KiB), so eight take two calls. The
+        // first moves its four, the second fails.
+        const CAP: usize = 64 << 10;
+        let mut bufs = vec![vec![0u8; CAP]; 8];
+        let mut batch = Batch::new();
+        for buf in &mut bufs {
+            batch.push_capped([iovec_mut(buf)], 0, CAP).unwrap();
+        }
+        assert_eq!(batch.calls(0..8, usize::MAX).len(), 2);
+        model::inject_read(Fault::Short(4));
+        model::inject_read(Fault::Status(sys::VMNET_FAILURE));
+        // SAFETY: `bufs` is live and only reached through the batch during the call.
+        assert_eq!(unsafe { b.read_iovecs(&mut batch) }.unwrap(), 4);
+        assert!(
+            b.wait_readable(Some(Duration::ZERO)),
+            "four packets are left and no event will announce them"
+        );
+        let mut lens = [0usize; 8];
+        let mut small = vec![vec![0u8; b.limits().read_capacity()]; 8];
+        assert_eq!(b.read_batch(&mut small, &mut lens).unwrap(), 4);
+        assert_eq!(lens[..4], [64, 65, 66, 67]);
         a.stop(T).unwrap();
         b.stop(T).unwrap();
     }
