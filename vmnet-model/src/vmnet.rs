@@ -259,8 +259,31 @@ pub fn live() -> (usize, i64) {
     (lock(&IFACES).len(), BLOCKS_LIVE.load(Ordering::SeqCst))
 }
 
-fn called(name: &'static str) {
+thread_local! {
+    static IN_CALL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as inside a vmnet function of the model until dropped.
+struct InCall;
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        IN_CALL.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Whether this thread is inside a vmnet function of the model. A test that counts the
+/// binding's allocations leaves out the model's own (the real framework's are not ours to
+/// count either).
+pub fn in_call() -> bool {
+    IN_CALL.try_with(|d| d.get() > 0).unwrap_or(false)
+}
+
+#[must_use]
+fn called(name: &'static str) -> InCall {
+    IN_CALL.with(|d| d.set(d.get() + 1));
     *lock(&CALLS).entry(name).or_default() += 1;
+    InCall
 }
 
 fn refuse(why: &'static str, status: u32) -> u32 {
@@ -951,7 +974,7 @@ pub unsafe extern "C" fn vmnet_start_interface(
     queue: *mut c_void,
     handler: *mut Block<StartFn>,
 ) -> *mut c_void {
-    called("vmnet_start_interface");
+    let _in_call = called("vmnet_start_interface");
     // SAFETY: forwarded.
     unsafe { start(None, interface_desc, queue, handler) }
 }
@@ -1042,7 +1065,7 @@ pub unsafe extern "C" fn vmnet_interface_set_event_callback(
     queue: *mut c_void,
     callback: *mut Block<EventFn>,
 ) -> u32 {
-    called("vmnet_interface_set_event_callback");
+    let _in_call = called("vmnet_interface_set_event_callback");
     let Some(i) = iface(interface) else {
         return refuse(
             "set_event_callback on no started interface",
@@ -1167,7 +1190,7 @@ pub unsafe extern "C" fn vmnet_read(
     packets: *mut Desc,
     pktcnt: *mut c_int,
 ) -> u32 {
-    called("vmnet_read");
+    let _in_call = called("vmnet_read");
     // SAFETY: forwarded.
     let (i, n) = match unsafe { begin(interface, packets, pktcnt) } {
         Ok(v) => v,
@@ -1257,7 +1280,7 @@ pub unsafe extern "C" fn vmnet_write(
     packets: *mut Desc,
     pktcnt: *mut c_int,
 ) -> u32 {
-    called("vmnet_write");
+    let _in_call = called("vmnet_write");
     // SAFETY: forwarded.
     let (i, n) = match unsafe { begin(interface, packets, pktcnt) } {
         Ok(v) => v,
@@ -1340,7 +1363,7 @@ pub unsafe extern "C" fn vmnet_stop_interface(
     queue: *mut c_void,
     handler: *mut Block<StatusFn>,
 ) -> u32 {
-    called("vmnet_stop_interface");
+    let _in_call = called("vmnet_stop_interface");
     let Some(q) = QueueRef::retain(queue) else {
         return refuse("stop without a queue", VMNET_INVALID_ARGUMENT);
     };
@@ -1375,7 +1398,7 @@ pub unsafe extern "C" fn vmnet_stop_interface(
 /// as an xpc array of strings owned by the caller (Apple's page of the function).
 #[unsafe(no_mangle)]
 pub extern "C" fn vmnet_copy_shared_interface_list() -> *mut c_void {
-    called("vmnet_copy_shared_interface_list");
+    let _in_call = called("vmnet_copy_shared_interface_list");
     let names = config().bridgeable.iter().map(|n| xpc::string(n)).collect();
     xpc::array(names)
 }
@@ -1531,7 +1554,7 @@ pub unsafe extern "C" fn vmnet_interface_add_ip_port_forwarding_rule(
     internal_port: u16,
     handler: *mut Block<StatusFn>,
 ) -> u32 {
-    called("vmnet_interface_add_ip_port_forwarding_rule");
+    let _in_call = called("vmnet_interface_add_ip_port_forwarding_rule");
     let Some(addr) = addr_bytes(address_family, internal_address) else {
         return refuse("bad family or NULL address", VMNET_INVALID_ARGUMENT);
     };
@@ -1558,7 +1581,7 @@ pub unsafe extern "C" fn vmnet_interface_remove_ip_port_forwarding_rule(
     address_family: u8,
     handler: *mut Block<StatusFn>,
 ) -> u32 {
-    called("vmnet_interface_remove_ip_port_forwarding_rule");
+    let _in_call = called("vmnet_interface_remove_ip_port_forwarding_rule");
     remove_rule(interface, protocol, external_port, address_family, handler)
 }
 
@@ -1574,7 +1597,7 @@ pub unsafe extern "C" fn vmnet_interface_get_ip_port_forwarding_rules(
     address_family: u8,
     handler: *mut Block<RulesFn>,
 ) -> u32 {
-    called("vmnet_interface_get_ip_port_forwarding_rules");
+    let _in_call = called("vmnet_interface_get_ip_port_forwarding_rules");
     get_rules(interface, Some(address_family), handler)
 }
 
@@ -1592,7 +1615,7 @@ pub unsafe extern "C" fn vmnet_ip_port_forwarding_rule_get_details(
     internal_address: *mut c_void,
     internal_port: *mut u16,
 ) -> u32 {
-    called("vmnet_ip_port_forwarding_rule_get_details");
+    let _in_call = called("vmnet_ip_port_forwarding_rule_get_details");
     let Some(r) = rule_of(rule) else {
         return refuse("not a forwarding rule", VMNET_INVALID_ARGUMENT);
     };
@@ -1632,7 +1655,7 @@ pub unsafe extern "C" fn vmnet_interface_add_port_forwarding_rule(
     internal_port: u16,
     handler: *mut Block<StatusFn>,
 ) -> u32 {
-    called("vmnet_interface_add_port_forwarding_rule");
+    let _in_call = called("vmnet_interface_add_port_forwarding_rule");
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&internal_address.s_addr.to_ne_bytes());
     let rule = Rule {
@@ -1657,7 +1680,7 @@ pub unsafe extern "C" fn vmnet_interface_remove_port_forwarding_rule(
     external_port: u16,
     handler: *mut Block<StatusFn>,
 ) -> u32 {
-    called("vmnet_interface_remove_port_forwarding_rule");
+    let _in_call = called("vmnet_interface_remove_port_forwarding_rule");
     remove_rule(interface, protocol, external_port, AF_INET, handler)
 }
 
@@ -1671,7 +1694,7 @@ pub unsafe extern "C" fn vmnet_interface_get_port_forwarding_rules(
     interface: *mut c_void,
     handler: *mut Block<RulesFn>,
 ) -> u32 {
-    called("vmnet_interface_get_port_forwarding_rules");
+    let _in_call = called("vmnet_interface_get_port_forwarding_rules");
     get_rules(interface, Some(AF_INET), handler)
 }
 
@@ -1688,7 +1711,7 @@ pub unsafe extern "C" fn vmnet_port_forwarding_rule_get_details(
     internal_address: *mut in_addr,
     internal_port: *mut u16,
 ) -> u32 {
-    called("vmnet_port_forwarding_rule_get_details");
+    let _in_call = called("vmnet_port_forwarding_rule_get_details");
     // SAFETY: forwarded; an `in_addr` holds the 4 bytes of AF_INET.
     unsafe {
         vmnet_ip_port_forwarding_rule_get_details(
@@ -1812,7 +1835,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_create(
     mode: u32,
     status: *mut u32,
 ) -> *mut c_void {
-    called("vmnet_network_configuration_create");
+    let _in_call = called("vmnet_network_configuration_create");
     let mode = u64::from(mode);
     if mode != SHARED_MODE && mode != HOST_MODE {
         put_status(
@@ -1853,7 +1876,7 @@ macro_rules! config_flag {
         /// None beyond the C contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(config: *mut c_void) {
-            called(stringify!($name));
+            let _in_call = called(stringify!($name));
             match config_of(config) {
                 #[allow(clippy::redundant_closure_call)]
                 Some(c) => ($body)(&mut *lock(c)),
@@ -1884,7 +1907,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_set_external_interface(
     config: *mut c_void,
     ifname: *const c_char,
 ) -> u32 {
-    called("vmnet_network_configuration_set_external_interface");
+    let _in_call = called("vmnet_network_configuration_set_external_interface");
     if config_of(config).is_none() || ifname.is_null() {
         return refuse(
             "external interface: no configuration or no name",
@@ -1917,7 +1940,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_set_ipv4_subnet(
     subnet: *const in_addr,
     mask: *const in_addr,
 ) -> u32 {
-    called("vmnet_network_configuration_set_ipv4_subnet");
+    let _in_call = called("vmnet_network_configuration_set_ipv4_subnet");
     let Some(c) = config_of(config) else {
         return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
     };
@@ -1953,7 +1976,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_set_ipv6_prefix(
     prefix: *const libc::in6_addr,
     len: u8,
 ) -> u32 {
-    called("vmnet_network_configuration_set_ipv6_prefix");
+    let _in_call = called("vmnet_network_configuration_set_ipv6_prefix");
     let Some(c) = config_of(config) else {
         return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
     };
@@ -1975,7 +1998,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_set_ipv6_prefix(
 /// None beyond the C contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vmnet_network_configuration_set_mtu(config: *mut c_void, mtu: u32) -> u32 {
-    called("vmnet_network_configuration_set_mtu");
+    let _in_call = called("vmnet_network_configuration_set_mtu");
     let Some(c) = config_of(config) else {
         return refuse("not a network configuration", VMNET_INVALID_ARGUMENT);
     };
@@ -1999,7 +2022,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_add_dhcp_reservation(
     client: *const [u8; 6],
     reservation: *const in_addr,
 ) -> u32 {
-    called("vmnet_network_configuration_add_dhcp_reservation");
+    let _in_call = called("vmnet_network_configuration_add_dhcp_reservation");
     if config_of(config).is_none() || client.is_null() || reservation.is_null() {
         return refuse("DHCP reservation: bad arguments", VMNET_INVALID_ARGUMENT);
     }
@@ -2022,7 +2045,7 @@ pub unsafe extern "C" fn vmnet_network_configuration_add_port_forwarding_rule(
     _external_port: u16,
     internal_address: *const c_void,
 ) -> u32 {
-    called("vmnet_network_configuration_add_port_forwarding_rule");
+    let _in_call = called("vmnet_network_configuration_add_port_forwarding_rule");
     if config_of(config).is_none()
         || !matches!(protocol, 6 | 17)
         || addr_bytes(address_family, internal_address).is_none()
@@ -2045,7 +2068,7 @@ pub unsafe extern "C" fn vmnet_network_create(
     config: *mut c_void,
     status: *mut u32,
 ) -> *mut c_void {
-    called("vmnet_network_create");
+    let _in_call = called("vmnet_network_create");
     let Some(c) = config_of(config) else {
         put_status(
             status,
@@ -2080,7 +2103,7 @@ pub unsafe extern "C" fn vmnet_network_copy_serialization(
     network: *mut c_void,
     status: *mut u32,
 ) -> *mut c_void {
-    called("vmnet_network_copy_serialization");
+    let _in_call = called("vmnet_network_copy_serialization");
     let Some(n) = network_of(network) else {
         put_status(status, refuse("not a network", VMNET_INVALID_ARGUMENT));
         return std::ptr::null_mut();
@@ -2116,7 +2139,7 @@ pub unsafe extern "C" fn vmnet_network_create_with_serialization(
     network: *mut c_void,
     status: *mut u32,
 ) -> *mut c_void {
-    called("vmnet_network_create_with_serialization");
+    let _in_call = called("vmnet_network_create_with_serialization");
     let v: Vec<Option<u64>> = SER_KEYS.iter().map(|k| xpc::read_u64(network, k)).collect();
     let prefix = xpc::read_uuid(network, c"model_prefix");
     let (
@@ -2160,7 +2183,7 @@ pub unsafe extern "C" fn vmnet_network_get_ipv4_subnet(
     subnet: *mut in_addr,
     mask: *mut in_addr,
 ) {
-    called("vmnet_network_get_ipv4_subnet");
+    let _in_call = called("vmnet_network_get_ipv4_subnet");
     let Some(n) = network_of(network) else {
         refuse("not a network", 0);
         return;
@@ -2185,7 +2208,7 @@ pub unsafe extern "C" fn vmnet_network_get_ipv6_prefix(
     prefix: *mut libc::in6_addr,
     prefix_len: *mut u8,
 ) {
-    called("vmnet_network_get_ipv6_prefix");
+    let _in_call = called("vmnet_network_get_ipv6_prefix");
     let Some(n) = network_of(network) else {
         refuse("not a network", 0);
         return;
@@ -2212,7 +2235,7 @@ pub unsafe extern "C" fn vmnet_interface_start_with_network(
     queue: *mut c_void,
     handler: *mut Block<StartFn>,
 ) -> *mut c_void {
-    called("vmnet_interface_start_with_network");
+    let _in_call = called("vmnet_interface_start_with_network");
     let Some(n) = network_of(network) else {
         refuse("start on no network", 0);
         return std::ptr::null_mut();

@@ -12,7 +12,8 @@
 //! Each call also stays within Apple's per-call limits (at most
 //! [`MAX_PACKETS_PER_CALL`] packets and
 //! [`MAX_BYTES_PER_CALL`] bytes): [`split_calls`] and
-//! [`Batch::calls`] cut a batch into calls that respect all of these.
+//! [`Batch::calls`] cut a batch into calls that respect all of these, and
+//! [`Batch::next_call`] takes them one at a time without allocating.
 
 use std::ops::Range;
 
@@ -88,21 +89,35 @@ pub fn split_calls(
     interface_max: usize,
     max_bytes: usize,
 ) -> Vec<Range<usize>> {
-    let max_packets = interface_max.clamp(1, MAX_BATCH.min(MAX_PACKETS_PER_CALL));
+    let lens: Vec<usize> = lens.into_iter().collect();
     let mut out = Vec::new();
-    let (mut start, mut count, mut bytes) = (0usize, 0usize, 0usize);
-    for (i, len) in lens.into_iter().enumerate() {
+    let mut start = 0;
+    while start < lens.len() {
+        let n = first_call_len(lens[start..].iter().copied(), interface_max, max_bytes);
+        out.push(start..start + n);
+        start += n;
+    }
+    out
+}
+
+/// How many of the packets of lengths `lens` the first call of [`split_calls`] takes (0 only
+/// when `lens` is empty). It allocates nothing, so the read and write paths call it once per
+/// framework call.
+fn first_call_len(
+    lens: impl IntoIterator<Item = usize>,
+    interface_max: usize,
+    max_bytes: usize,
+) -> usize {
+    let max_packets = interface_max.clamp(1, MAX_BATCH.min(MAX_PACKETS_PER_CALL));
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for len in lens {
         if count > 0 && (count == max_packets || bytes.saturating_add(len) > max_bytes) {
-            out.push(start..i);
-            (start, count, bytes) = (i, 0, 0);
+            break;
         }
         count += 1;
         bytes = bytes.saturating_add(len);
     }
-    if count > 0 {
-        out.push(start..start + count);
-    }
-    out
+    count
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -274,8 +289,10 @@ impl Batch {
         Some(i)
     }
 
-    /// The calls `self[range]` takes within the interface's maximum and Apple's per-call limits
-    /// ([`split_calls`] over the packet lengths; for reads, the capacities), as absolute ranges.
+    /// The first call of `self[range]` within the interface's maximum and Apple's per-call
+    /// limits ([`split_calls`] over the packet lengths; for reads, the capacities), as an absolute
+    /// range; empty only when `range` is. Allocation-free: the read and write paths take one call
+    /// at a time.
     ///
     /// ```
     /// let buf = [0u8; 100 * 1024];
@@ -284,18 +301,34 @@ impl Batch {
     ///     b.push([vmnet::iov::iovec_ref(&buf)], 0);
     /// }
     /// // 100 KiB packets: two fit in 256 KiB.
+    /// assert_eq!(b.next_call(1..4, 256), 1..3);
+    /// assert_eq!(b.next_call(3..4, 256), 3..4);
+    /// ```
+    pub fn next_call(&self, range: Range<usize>, interface_max: usize) -> Range<usize> {
+        let lens = self.spans[range.clone()].iter().map(|s| s.len);
+        range.start..range.start + first_call_len(lens, interface_max, MAX_BYTES_PER_CALL)
+    }
+
+    /// Every call of `self[range]`, as [`next_call`](Self::next_call) takes them one after
+    /// another.
+    ///
+    /// ```
+    /// let buf = [0u8; 100 * 1024];
+    /// let mut b = vmnet::batch::Batch::new();
+    /// for _ in 0..4 {
+    ///     b.push([vmnet::iov::iovec_ref(&buf)], 0);
+    /// }
     /// assert_eq!(b.calls(0..4, 256), vec![0..2, 2..4]);
     /// ```
     pub fn calls(&self, range: Range<usize>, interface_max: usize) -> Vec<Range<usize>> {
-        let base = range.start;
-        split_calls(
-            self.spans[range].iter().map(|s| s.len),
-            interface_max,
-            MAX_BYTES_PER_CALL,
-        )
-        .into_iter()
-        .map(|r| r.start + base..r.end + base)
-        .collect()
+        let mut out = Vec::new();
+        let mut start = range.start;
+        while start < range.end {
+            let call = self.next_call(start..range.end, interface_max);
+            start = call.end;
+            out.push(call);
+        }
+        out
     }
 
     /// The length of packet `i` as added (for reads: its capacity).

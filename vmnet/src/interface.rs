@@ -536,7 +536,11 @@ impl Interface {
         let mut total = 0;
         // Whether packets may be left that no event will announce.
         let mut more = false;
-        for range in batch.calls(0..batch.len(), self.params.read_max_packets) {
+        let mut next = 0;
+        while next < batch.len() {
+            // One call at a time: nothing is allocated per read or write.
+            let range = batch.next_call(next..batch.len(), self.params.read_max_packets);
+            next = range.end;
             let want = range.len();
             let result = if lin.bounces_up_front(batch, range.clone()) {
                 // SAFETY: the caller vouches for the iovecs.
@@ -700,7 +704,11 @@ impl Interface {
     /// As [`write_iovecs`](Self::write_iovecs).
     unsafe fn write_raw(&self, batch: &mut Batch, lin: &mut Linearizer) -> Result<usize> {
         let mut total = 0;
-        for range in batch.calls(0..batch.len(), self.params.write_max_packets) {
+        let mut next = 0;
+        while next < batch.len() {
+            // One call at a time: nothing is allocated per read or write.
+            let range = batch.next_call(next..batch.len(), self.params.write_max_packets);
+            next = range.end;
             let want = range.len();
             let result = if lin.bounces_up_front(batch, range.clone()) {
                 // SAFETY: the caller vouches for the iovecs; the flat batch is used at once.
