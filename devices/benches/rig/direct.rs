@@ -1,8 +1,9 @@
 //! The data path driven directly: no transport, no worker thread, no notifier waits. A driver
 //! fills the avail rings of two queues in guest memory with single-descriptor chains, calls
-//! `DataPath::process_tx` / `process_rx`, and a backend that allocates nothing takes and hands
-//! out frames. Shared by the benchmark (`benches/datapath.rs`) and the zero-allocation test
-//! (`tests/no_alloc.rs`).
+//! `DataPath::process_tx` / `process_rx`, and a backend takes and hands out frames: by default
+//! [`FixedBackend`], which allocates nothing, or any other (the zero-allocation test also runs
+//! the vmnet backend against the model). Shared by the benchmark (`benches/datapath.rs`) and the
+//! zero-allocation test (`tests/no_alloc.rs`).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -113,15 +114,16 @@ impl Driver {
     }
 }
 
-/// A data path over two queues of 256 and a [`FixedBackend`], moving frames of one size in
-/// batches of `batch` (at most 128): a headerless backend (the device writes the virtio-net
-/// header), mergeable RX buffers of 1536 bytes, or one of 64 KiB for frames above 1518 bytes.
-pub struct Rig {
+/// A data path over two queues of 256 and a backend (a [`FixedBackend`] unless given), moving
+/// frames of one size in batches of `batch` (at most 128): a headerless backend (the device
+/// writes the virtio-net header), mergeable RX buffers of 1536 bytes, or one of 64 KiB for
+/// frames above 1518 bytes.
+pub struct Rig<B: Backend = FixedBackend> {
     mem: GuestMemory,
     /// The data path.
     pub path: DataPath,
     /// The backend.
-    pub backend: FixedBackend,
+    pub backend: B,
     /// The data path's counters.
     pub metrics: Arc<NetMetrics>,
     rx: Driver,
@@ -132,9 +134,41 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// A rig for `frame`-byte frames (virtio-net header excluded).
+    /// A rig for `frame`-byte frames (virtio-net header excluded) over a [`FixedBackend`].
     pub fn new(frame: usize, batch: u16) -> Self {
+        let max_frame = if frame > 1518 { 65_535 + 18 } else { 1518 };
+        let backend = FixedBackend {
+            ready: Notifier::new().unwrap(),
+            scratch: vec![0; max_frame + VNET_HDR_LEN],
+            frame: vec![0x5a; frame],
+            pending: 0,
+            sent: 0,
+        };
+        Rig::with_backend(frame, batch, backend)
+    }
+
+    /// The guest posts a batch of buffers and the device fills them with as many frames.
+    pub fn rx_batch(&mut self) {
+        self.backend.pending = usize::from(self.batch);
+        self.rx_posted_batch();
+    }
+
+    /// Checks that `n` frames went each way, every one of them whole and none refused.
+    pub fn assert_moved(&self, n: u64) {
+        assert_eq!(self.backend.sent, n);
+        self.assert_moved_by_the_device(n);
+    }
+}
+
+impl<B: Backend> Rig<B> {
+    /// A rig for `frame`-byte frames (virtio-net header excluded) over `backend`, which must
+    /// take headerless frames.
+    pub fn with_backend(frame: usize, batch: u16, backend: B) -> Self {
         assert!(batch <= QUEUE / 2);
+        assert!(
+            !backend.info().vnet_hdr,
+            "the rig's backend takes headerless frames"
+        );
         let big = frame > 1518;
         let rx_buf: u32 = if big { 65_536 + 64 } else { 1536 };
         let mem = GuestMemory::from_ranges(&[(
@@ -168,13 +202,6 @@ impl Rig {
             cfg,
             Arc::clone(&metrics),
         );
-        let backend = FixedBackend {
-            ready: Notifier::new().unwrap(),
-            scratch: vec![0; max_frame + VNET_HDR_LEN],
-            frame: vec![0x5a; frame],
-            pending: 0,
-            sent: 0,
-        };
         Self {
             mem,
             path,
@@ -201,8 +228,9 @@ impl Rig {
         self.path.process_tx(&mut self.backend);
     }
 
-    /// The guest posts a batch of buffers and the device fills them with as many frames.
-    pub fn rx_batch(&mut self) {
+    /// The guest posts a batch of buffers and the device fills them with as many frames from
+    /// the backend, which must have that many to give.
+    pub fn rx_posted_batch(&mut self) {
         let stride = self.stride();
         let len = self.rx_buf;
         self.rx.post(&self.mem, self.batch, |i| RawDescriptor {
@@ -211,14 +239,13 @@ impl Rig {
             flags: VRING_DESC_F_WRITE,
             next: 0,
         });
-        self.backend.pending = usize::from(self.batch);
         // The batch fills every buffer posted; the next round finds none left.
         assert_eq!(self.path.process_rx(&mut self.backend), RxEnd::NoBuffers);
     }
 
-    /// Checks that `n` frames went each way, every one of them whole and none refused.
-    pub fn assert_moved(&self, n: u64) {
-        assert_eq!(self.backend.sent, n);
+    /// Checks that the device moved `n` frames each way, every one of them whole and none
+    /// refused.
+    pub fn assert_moved_by_the_device(&self, n: u64) {
         assert_eq!(self.metrics.tx_frames.load(Ordering::Relaxed), n);
         assert_eq!(self.metrics.rx_frames.load(Ordering::Relaxed), n);
         assert_eq!(
