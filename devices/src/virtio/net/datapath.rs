@@ -14,10 +14,10 @@
 //!
 //! - a *pass* (`tx_rounds`, `rx_rounds`) is rounds of work with the driver's kicks off, ended
 //!   by `rearm`, which turns kicks back on and looks once more for buffers added meanwhile;
-//! - TX: `fill_tx_batch` pops and checks chains into a [`TxBatch`](tx::TxBatch),
+//! - TX: `fill_tx_batch` pops and checks chains into a [`TxBatch`],
 //!   `send_tx_batch` hands it to the backend and returns its chains, and `publish_used_batch`
 //!   makes them (and the refused ones) visible to the driver in one go;
-//! - RX: `refill_stash` pops and checks chains into the [`RxBuffers`](rx::RxBuffers), which plan
+//! - RX: `refill_stash` pops and checks chains into the [`RxBuffers`], which plan
 //!   frames into them, receive from the backend and complete the frames; `publish_used_batch`
 //!   then makes them visible to the driver in one go;
 //! - `notify_used` decides on the interrupt for both queues;
