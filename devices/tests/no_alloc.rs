@@ -1,30 +1,18 @@
 //! The data path allocates nothing per frame in steady state.
 //!
-//! A counting global allocator (this test binary's own) counts the allocations made on the test
+//! A counting global allocator (`examples::alloc`) counts the allocations made on the test
 //! thread while the data path moves batches of frames both ways, driven directly (no worker
 //! thread, see `benches/rig/direct.rs`) against a backend that allocates nothing itself, and
 //! (with `--features vmnet-model`) against the vmnet backend, the Mac's, over the model of
 //! vmnet.framework; what the model allocates inside its vmnet functions stands for the
-//! framework and is not counted. After
-//! the warm-up batches (the scratch vectors grow to the largest batch once; RX plans double
-//! from round to round up to the batch, so that takes a few batches) the count must stay at
-//! zero.
+//! framework's and is not counted. After the warm-up batches (the scratch vectors grow to the
+//! largest batch once; RX plans double from round to round up to the batch, so that takes a
+//! few batches) the count must stay at zero.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use examples::alloc::Counting;
 
 #[path = "../benches/rig/direct.rs"]
 mod direct;
-
-/// Counts the allocations (and reallocations) of threads that turned counting on.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
 
 /// Whether this thread is inside a function of the vmnet model, whose allocations stand for the
 /// framework's (not ours to count).
@@ -35,46 +23,12 @@ fn in_framework() -> bool {
     false
 }
 
-fn count() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) && !in_framework() {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call goes to the system allocator unchanged; counting touches no memory the
-// allocator hands out.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::new(in_framework);
 
 /// Allocations made on this thread while `f` runs.
 fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    GLOBAL.allocations_in(f)
 }
 
 const BATCH: u16 = 64;

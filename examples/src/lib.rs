@@ -10,11 +10,13 @@
 //!
 //! The library holds the pieces those programs and the tests have in common: [`echo`], a small
 //! ARP/ICMP responder and the frames it answers, [`exec::block_on`], enough of an executor to
-//! run the async API, and [`threads`], which tells whether a thread sleeps in a system call. It
+//! run the async API, [`threads`], which tells whether a thread sleeps in a system call, and
+//! [`alloc`], the counting allocator of the zero-allocation tests. It
 //! depends on nothing, so `vmnet` and `devices` take it as a dev-dependency without a dependency
 //! cycle.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod echo;
 pub mod exec;
 pub mod threads;

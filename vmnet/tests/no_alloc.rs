@@ -1,7 +1,7 @@
 //! The binding allocates nothing per read or write in steady state (Linux,
 //! `cargo test -p vmnet --features model`).
 //!
-//! A counting global allocator (this test binary's own) counts the allocations made on the test
+//! A counting global allocator (`examples::alloc`) counts the allocations made on the test
 //! thread outside the model's vmnet functions (`vmnet_model::vmnet::in_call`: what the framework
 //! allocates is not the binding's), while two host-mode interfaces exchange batches of frames
 //! through both APIs: `write_batch`/`read_batch` and the zero-copy
@@ -25,67 +25,22 @@ mod model_guard;
 
 #[cfg(all(not(target_os = "macos"), feature = "model"))]
 mod with_model {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
+    use examples::alloc::Counting;
     use vmnet::batch::Batch;
     use vmnet::iov::{iovec_mut, iovec_ref};
     use vmnet::{Interface, Options};
 
     use super::model_guard::Guard;
 
-    /// Counts the allocations (and reallocations) of threads that turned counting on, outside
-    /// the model's vmnet functions.
-    struct Counting;
-
-    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-    thread_local! {
-        static COUNTING: Cell<bool> = const { Cell::new(false) };
-    }
-
-    fn count() {
-        if COUNTING.try_with(Cell::get).unwrap_or(false) && !vmnet_model::vmnet::in_call() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    // SAFETY: every call goes to the system allocator unchanged; counting touches no memory the
-    // allocator hands out.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            count();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            count();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
+    /// What the model allocates inside its vmnet functions stands for the framework's.
     #[global_allocator]
-    static GLOBAL: Counting = Counting;
+    static GLOBAL: Counting = Counting::new(vmnet_model::vmnet::in_call);
 
     /// Allocations made on this thread, outside the model, while `f` runs.
     fn allocations_in(f: impl FnOnce()) -> u64 {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
-        f();
-        COUNTING.with(|c| c.set(false));
-        ALLOCATIONS.load(Ordering::Relaxed) - before
+        GLOBAL.allocations_in(f)
     }
 
     const T: Duration = Duration::from_secs(5);
