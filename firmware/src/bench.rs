@@ -549,10 +549,13 @@ impl Report {
     /// The table with its title, date, command, notes and the raw lines, as Markdown.
     pub fn markdown(&self, date: &str, opts: &BenchOptions) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# Benchmark: ours vs QEMU (vhost off/on) under the same KVM\n"
-        );
+        let ran = |group: &[&str]| self.vmms.iter().any(|v| group.contains(&v.as_str()));
+        let what = match (ran(TAP_VMMS), ran(PASST_VMMS)) {
+            (false, true) => "ours vs QEMU, each through passt",
+            (true, true) => "ours vs QEMU (vhost off/on; and each through passt)",
+            _ => "ours vs QEMU (vhost off/on)",
+        };
+        let _ = writeln!(out, "# Benchmark: {what} under the same KVM\n");
         let _ = writeln!(out, "- Date: {date}");
         let _ = writeln!(out, "- Command: `{}`", opts.command);
         let _ = writeln!(
@@ -590,7 +593,6 @@ impl Report {
                 100.0 * load.other_cpu / load.capacity.max(1.0)
             );
         }
-        let ran = |group: &[&str]| self.vmms.iter().any(|v| group.contains(&v.as_str()));
         if ran(TAP_VMMS) {
             out.push_str(&self.table());
         }
@@ -1203,6 +1205,7 @@ BENCH-DONE\n";
         assert!(table.contains("| Ping RTT avg (ms) | - | - | - | lower |"));
         // Only the tables of the VMMs that ran.
         let md = r.markdown("today", &BenchOptions::default());
+        assert!(md.starts_with("# Benchmark: ours vs QEMU, each through passt under the same KVM"));
         assert!(md.contains("## Through passt"));
         assert!(!md.contains("QEMU vhost=off |"));
         // A tap VMM still needs its ping.
