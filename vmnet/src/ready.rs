@@ -75,8 +75,10 @@ impl Readiness {
         self.waker.wake();
     }
 
-    /// Sets the flag without counting an event or waking anyone: a reader that filled a whole
-    /// batch leaves it set, because more packets may be pending.
+    /// Sets the flag without counting an event: a reader that filled a whole batch leaves it
+    /// set, because more packets may be pending, and so does one whose read failed while it was
+    /// set. It wakes every waiter too: one may have gone to sleep after the reader cleared the
+    /// flag and before it set it again.
     ///
     /// ```
     /// let r = vmnet::ready::Readiness::new();
@@ -86,6 +88,8 @@ impl Readiness {
     /// ```
     pub fn set_pending(&self) {
         self.flags().pending = true;
+        self.cv.notify_all();
+        self.waker.wake();
     }
 
     /// Clears the flag; call it before reading.
@@ -348,6 +352,31 @@ mod tests {
         r.signal(5);
         assert!(w.woken());
         assert_eq!(r.estimate(), 5);
+    }
+
+    #[test]
+    fn set_pending_wakes_a_waiter_that_slept_between_a_read_and_its_outcome() {
+        let r = Arc::new(Readiness::new());
+        r.signal(1);
+        // A reader takes the flag; another thread then waits, and sleeps.
+        assert!(r.take());
+        let w = Waiter::blocked_on(&r);
+        // The read failed (or filled its batch): the flag goes back, and the waiter wakes.
+        r.set_pending();
+        assert!(w.woken());
+        assert_eq!(r.events(), 1, "not counted as an event");
+    }
+
+    #[test]
+    fn set_pending_wakes_a_registered_task() {
+        let r = Readiness::new();
+        let w = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&w));
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(r.poll_ready(&mut cx), Poll::Pending);
+        r.set_pending();
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert_eq!(r.poll_ready(&mut cx), Poll::Ready(true));
     }
 
     #[test]
