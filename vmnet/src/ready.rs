@@ -4,9 +4,10 @@
 //! The event callback runs on a GCD queue and calls [`Readiness::signal`]; a blocking reader waits
 //! with [`Readiness::wait`], an async reader polls [`Readiness::poll_ready`] (an
 //! [`AtomicWaker`] holds its waker). A reader clears the flag with
-//! [`Readiness::clear`] *before* reading, so an event that arrives during the read is not lost,
+//! [`Readiness::take`] *before* reading, so an event that arrives during the read is not lost,
 //! and reads until the framework returns no packet: vmnet never repeats an event for packets that
-//! were already pending (docs/design.md, "vmnet facts").
+//! were already pending (docs/design.md, "vmnet facts"). For the same reason a read that fails,
+//! or fills its whole batch, sets the flag again with [`Readiness::set_pending`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
