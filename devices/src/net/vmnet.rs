@@ -305,6 +305,14 @@ impl Backend for VmnetBackend {
                 break;
             }
         }
+        if filled < frames.len() && self.iface.wait_readable(Some(Duration::ZERO)) {
+            // The binding still says packets may be pending: a read that vmnet cut short with an
+            // error after some packets (or an event during the read, which fired the notifier
+            // already). vmnet will not announce those packets again, so wake the worker for
+            // them; the notifier is edge-triggered, so a wake-up that finds nothing costs one
+            // pass.
+            self.notifier.notify()?;
+        }
         Ok(filled)
     }
 
