@@ -204,9 +204,9 @@ fn memcpy(size: usize, frames: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / frames as f64
 }
 
-/// The copies of the data path alone without the data path: `size` bytes per frame between one
-/// buffer and `bufs` buffers taken in turn, as the rig's guest buffers are (TX reads them, RX
-/// writes them): ns per frame, TX then RX. With 64 KiB frames the `bufs` buffers outgrow the
+/// The data path's copies without the data path: `size` bytes per frame between one buffer and
+/// `bufs` buffers taken in turn, as the rig's guest buffers are (TX reads them, RX writes them):
+/// ns per frame, TX then RX. With 64 KiB frames the `bufs` buffers outgrow the
 /// CPU's caches where one buffer does not, so this is the copy the data path cannot avoid.
 fn memcpy_spread(size: usize, frames: u64, bufs: usize) -> (f64, f64) {
     let one = vec![0x5au8; size];
@@ -233,9 +233,8 @@ const DIRECT_BATCH: u16 = 64;
 
 /// The data path alone, guest-to-backend then backend-to-guest: ns per frame each way.
 fn direct(size: usize, frames: u64) -> (f64, f64) {
-    const BATCH: u16 = DIRECT_BATCH;
-    let mut r = direct::Rig::new(size, BATCH);
-    let rounds = frames.div_ceil(u64::from(BATCH));
+    let mut r = direct::Rig::new(size, DIRECT_BATCH);
+    let rounds = frames.div_ceil(u64::from(DIRECT_BATCH));
     // One round of warm-up: the scratch vectors reach their size.
     r.tx_batch();
     r.rx_batch();
@@ -249,8 +248,8 @@ fn direct(size: usize, frames: u64) -> (f64, f64) {
         r.rx_batch();
     }
     let rx = start.elapsed().as_nanos() as f64;
-    r.assert_moved((rounds + 1) * u64::from(BATCH));
-    let n = (rounds * u64::from(BATCH)) as f64;
+    r.assert_moved((rounds + 1) * u64::from(DIRECT_BATCH));
+    let n = (rounds * u64::from(DIRECT_BATCH)) as f64;
     (tx / n, rx / n)
 }
 

@@ -5,10 +5,14 @@
 //! ```
 //! use examples::alloc::Counting;
 //!
-//! // In a test binary: #[global_allocator] static GLOBAL: Counting = Counting::new(|| false);
-//! static COUNTER: Counting = Counting::new(|| false);
-//! // Not installed here, so nothing is counted.
-//! assert_eq!(COUNTER.allocations_in(|| drop(vec![0u8; 16])), 0);
+//! #[global_allocator]
+//! static GLOBAL: Counting = Counting::new(|| false);
+//!
+//! fn main() {
+//!     let mut v: Vec<u8> = Vec::with_capacity(16);
+//!     assert_eq!(GLOBAL.allocations_in(|| v.push(1)), 0, "within capacity");
+//!     assert_eq!(GLOBAL.allocations_in(|| v.extend_from_slice(&[0; 64])), 1, "grown once");
+//! }
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
